@@ -1,0 +1,1 @@
+"""Data contract, validation, school aggregates and the model's feature transform."""

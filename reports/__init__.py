@@ -1,0 +1,1 @@
+"""Descriptive district reports: tables, narrative, charts and the HTML page."""

@@ -1,0 +1,1 @@
+"""BentoML prediction service for the champion growth model."""

@@ -1,0 +1,1 @@
+"""Baselines, Optuna tuning, MLflow tracking, evaluation and champion registration."""
