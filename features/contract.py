@@ -50,8 +50,9 @@ class Column:
 SCHOOL_COLUMNS: tuple[Column, ...] = (
     Column("school_name", "str", "Unique school name; students refer to it."),
     Column("type", "category", "Governance type of the school.", allowed=SCHOOL_TYPES),
-    Column("size", "int", "Enrolment as reported by the district (checked against the student table).",
-           min=0),
+    Column(
+        "size", "int", "Enrolment as reported by the district (checked against the student table).", min=0
+    ),
     Column("budget", "float", "Total annual school budget in dollars.", min=0),
     Column("school_id", "int", "Optional district school identifier (`School ID`).", required=False),
 )
@@ -65,26 +66,73 @@ STUDENT_COLUMNS: tuple[Column, ...] = (
     Column("reading_score", "float", "Reading score at the end of the target year.", min=0, max=100),
     Column("math_score", "float", "Math score at the end of the target year.", min=0, max=100),
     # Optional columns used by the growth model; all known before the target year starts.
-    Column("prior_math_score", "float", "Math score at the end of the previous year.",
-           required=False, min=0, max=100),
-    Column("prior_reading_score", "float", "Reading score at the end of the previous year.",
-           required=False, min=0, max=100),
-    Column("econ_disadvantaged", "bool", "Economically disadvantaged (free or reduced-price lunch).",
-           required=False),
+    Column(
+        "prior_math_score",
+        "float",
+        "Math score at the end of the previous year.",
+        required=False,
+        min=0,
+        max=100,
+    ),
+    Column(
+        "prior_reading_score",
+        "float",
+        "Reading score at the end of the previous year.",
+        required=False,
+        min=0,
+        max=100,
+    ),
+    Column(
+        "econ_disadvantaged",
+        "bool",
+        "Economically disadvantaged (free or reduced-price lunch).",
+        required=False,
+    ),
     Column("english_learner", "bool", "English learner status.", required=False),
     Column("special_education", "bool", "Has an individualised education programme.", required=False),
-    Column("prior_days_absent", "int", "Days absent in the previous school year (of 180).",
-           required=False, min=0, max=SCHOOL_DAYS_PER_YEAR),
-    Column("homework_completion_pct", "float", "Share of homework handed in last year, percent.",
-           required=False, min=0, max=100),
-    Column("extracurricular_count", "int", "Extracurricular activities taken part in last year.",
-           required=False, min=0, max=10),
-    Column("platform_logins_per_week", "float", "Average weekly logins to the learning platform last year.",
-           required=False, min=0, max=100),
+    Column(
+        "prior_days_absent",
+        "int",
+        "Days absent in the previous school year (of 180).",
+        required=False,
+        min=0,
+        max=SCHOOL_DAYS_PER_YEAR,
+    ),
+    Column(
+        "homework_completion_pct",
+        "float",
+        "Share of homework handed in last year, percent.",
+        required=False,
+        min=0,
+        max=100,
+    ),
+    Column(
+        "extracurricular_count",
+        "int",
+        "Extracurricular activities taken part in last year.",
+        required=False,
+        min=0,
+        max=10,
+    ),
+    Column(
+        "platform_logins_per_week",
+        "float",
+        "Average weekly logins to the learning platform last year.",
+        required=False,
+        min=0,
+        max=100,
+    ),
     Column("home_internet", "bool", "Has broadband internet at home.", required=False),
-    Column("commute_minutes", "float", "One-way commute to school in minutes.", required=False, min=0, max=240),
-    Column("parental_education", "category", "Highest education of a parent or guardian.",
-           required=False, allowed=PARENTAL_EDUCATION),
+    Column(
+        "commute_minutes", "float", "One-way commute to school in minutes.", required=False, min=0, max=240
+    ),
+    Column(
+        "parental_education",
+        "category",
+        "Highest education of a parent or guardian.",
+        required=False,
+        allowed=PARENTAL_EDUCATION,
+    ),
 )
 
 TARGETS: dict[str, tuple[str, str]] = {

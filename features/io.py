@@ -47,8 +47,9 @@ def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
             if handle.read(3) == UTF8_BOM:
                 notes.append(f"{path}: removed a UTF-8 byte-order mark")
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True, encoding="utf-8-sig",
-                                skipinitialspace=True)
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=True, encoding="utf-8-sig", skipinitialspace=True
+            )
         except pd.errors.EmptyDataError:
             frame = pd.DataFrame()
         except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -66,9 +67,12 @@ def tidy_frame(frame: pd.DataFrame, file: str, notes: list[str]) -> tuple[pd.Dat
     frame = frame.rename(columns=normalise_header)
     duplicated = frame.columns[frame.columns.duplicated()].tolist()
     if duplicated:
-        raise ContractError([Problem(file, name, (), "each column once after header normalisation")
-                             for name in duplicated])
-    text_cols = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+        raise ContractError(
+            [Problem(file, name, (), "each column once after header normalisation") for name in duplicated]
+        )
+    text_cols = [
+        c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+    ]
     padded = 0
     for col in text_cols:
         stripped = frame[col].str.strip()
@@ -79,26 +83,42 @@ def tidy_frame(frame: pd.DataFrame, file: str, notes: list[str]) -> tuple[pd.Dat
     return frame, notes
 
 
-def cross_check(schools: pd.DataFrame, students: pd.DataFrame, schools_file: str,
-                students_file: str) -> tuple[list[Problem], list[str]]:
+def cross_check(
+    schools: pd.DataFrame, students: pd.DataFrame, schools_file: str, students_file: str
+) -> tuple[list[Problem], list[str]]:
     """Rules spanning both tables: every student's school exists; enrolment roughly matches."""
     problems: list[Problem] = []
     unknown = ~students["school_name"].isin(set(schools["school_name"]))
     if unknown.any():
         rows = data_rows(students.index[unknown])
-        problems.append(Problem(students_file, "school_name", rows,
-                                f"a school listed in {schools_file}",
-                                tuple(students.loc[unknown, "school_name"].unique()[:5])))
+        problems.append(
+            Problem(
+                students_file,
+                "school_name",
+                rows,
+                f"a school listed in {schools_file}",
+                tuple(students.loc[unknown, "school_name"].unique()[:5]),
+            )
+        )
     duplicate_schools = schools["school_name"].duplicated(keep=False)
     if duplicate_schools.any():
-        problems.append(Problem(schools_file, "school_name", data_rows(schools.index[duplicate_schools]),
-                                "a unique school name (duplicate found)"))
+        problems.append(
+            Problem(
+                schools_file,
+                "school_name",
+                data_rows(schools.index[duplicate_schools]),
+                "a unique school name (duplicate found)",
+            )
+        )
     counts = students.groupby("school_name").size()
     stated = schools.set_index("school_name")["size"]
     actual = counts.reindex(stated.index).fillna(0).astype(int)
     mismatch = stated[stated != actual]
-    warnings = [f"{schools_file}: school '{name}' states size {int(size)} but has {actual[name]} students "
-                "in the student table; reports use the student count" for name, size in mismatch.items()]
+    warnings = [
+        f"{schools_file}: school '{name}' states size {int(size)} but has {actual[name]} students "
+        "in the student table; reports use the student count"
+        for name, size in mismatch.items()
+    ]
     return problems, warnings
 
 
@@ -120,8 +140,9 @@ def load_district(schools_path: Path | str, students_path: Path | str) -> Distri
             problems.extend(err.problems)
     if problems:
         raise ContractError(problems)
-    cross_problems, cross_warnings = cross_check(frames["schools"], frames["students"], str(schools_path),
-                                                 str(students_path))
+    cross_problems, cross_warnings = cross_check(
+        frames["schools"], frames["students"], str(schools_path), str(students_path)
+    )
     if cross_problems:
         raise ContractError(cross_problems)
     warnings = tuple(notes + cross_warnings)

@@ -41,8 +41,9 @@ def bin_values(values: pd.Series, edges: Sequence[float], labels: Sequence[str])
         raise ValueError(f"{len(edges)} bin edges need {len(edges) - 1} labels, got {len(labels)}")
     cut = pd.cut(values, bins=list(edges), labels=list(labels), include_lowest=False)
     out = cut.astype("object").where(cut.notna(), OUTSIDE_BINS)
-    return pd.Series(pd.Categorical(out, categories=[*labels, OUTSIDE_BINS]), index=values.index,
-                     name=values.name)
+    return pd.Series(
+        pd.Categorical(out, categories=[*labels, OUTSIDE_BINS]), index=values.index, name=values.name
+    )
 
 
 def school_aggregates(
@@ -84,9 +85,19 @@ def school_aggregates(
     out["spending_bin"] = bin_values(out["per_student_budget"], config.spending_bins, config.spending_labels)
     out["size_bin"] = bin_values(out["total_students"].astype(float), config.size_bins, config.size_labels)
     out.index.name = "school_name"
-    ordered = ["school_type", "total_students", "total_budget", "per_student_budget", "avg_math",
-               "avg_reading", "pct_passing_math", "pct_passing_reading", "pct_overall_passing",
-               "spending_bin", "size_bin"]
+    ordered = [
+        "school_type",
+        "total_students",
+        "total_budget",
+        "per_student_budget",
+        "avg_math",
+        "avg_reading",
+        "pct_passing_math",
+        "pct_passing_reading",
+        "pct_overall_passing",
+        "spending_bin",
+        "size_bin",
+    ]
     return out[ordered + [c for c in out.columns if c not in ordered]].sort_index()
 
 

@@ -33,8 +33,17 @@ STUDENT_FLAGS = ("econ_disadvantaged", "english_learner", "special_education", "
 STUDENT_CATEGORIES = ("gender", "grade", "parental_education")
 PRIOR_SCORES = ("prior_math_score", "prior_reading_score")
 # Columns that must never be features: target-year scores, targets, identity and names.
-FORBIDDEN = frozenset({"math_score", "reading_score", "math_growth", "reading_growth", "student_name",
-                       "student_id", "school_name"})
+FORBIDDEN = frozenset(
+    {
+        "math_score",
+        "reading_score",
+        "math_growth",
+        "reading_growth",
+        "student_name",
+        "student_id",
+        "school_name",
+    }
+)
 SCHOOL_NUMERIC = (
     "school_total_students",
     "school_per_student_budget",
@@ -56,20 +65,27 @@ def grade_number(grade: pd.Series) -> pd.Series:
 def school_prior_table(students: pd.DataFrame, schools: pd.DataFrame) -> pd.DataFrame:
     """School features from prior-year data only, via the shared school aggregate code."""
     extra = tuple(c for c in SCHOOL_SHARE_OF if c in students.columns)
-    agg = school_aggregates(students, schools, math_col="prior_math_score", reading_col="prior_reading_score",
-                            config=AggregateConfig(extra_means=extra))
-    renamed = agg.rename(columns={
-        "total_students": "school_total_students",
-        "per_student_budget": "school_per_student_budget",
-        "avg_math": "school_prior_avg_math",
-        "avg_reading": "school_prior_avg_reading",
-        "pct_passing_math": "school_prior_pct_passing_math",
-        "pct_passing_reading": "school_prior_pct_passing_reading",
-        "pct_overall_passing": "school_prior_pct_overall_passing",
-        "spending_bin": "school_spending_bin",
-        "size_bin": "school_size_bin",
-        **{f"mean_{c}": f"school_mean_{c}" for c in extra},
-    })
+    agg = school_aggregates(
+        students,
+        schools,
+        math_col="prior_math_score",
+        reading_col="prior_reading_score",
+        config=AggregateConfig(extra_means=extra),
+    )
+    renamed = agg.rename(
+        columns={
+            "total_students": "school_total_students",
+            "per_student_budget": "school_per_student_budget",
+            "avg_math": "school_prior_avg_math",
+            "avg_reading": "school_prior_avg_reading",
+            "pct_passing_math": "school_prior_pct_passing_math",
+            "pct_passing_reading": "school_prior_pct_passing_reading",
+            "pct_overall_passing": "school_prior_pct_overall_passing",
+            "spending_bin": "school_spending_bin",
+            "size_bin": "school_size_bin",
+            **{f"mean_{c}": f"school_mean_{c}" for c in extra},
+        }
+    )
     renamed["school_total_students"] = renamed["school_total_students"].astype(float)
     for col in ("school_type", "school_spending_bin", "school_size_bin"):
         renamed[col] = renamed[col].astype(str)
@@ -94,8 +110,9 @@ class SchoolFeatures(BaseEstimator, TransformerMixin):
         table = table[table["school_total_students"] > 0]
         self.school_table_ = table
         self.fallback_ = self._district_row(table)
-        self.student_columns_ = [c for c in (*STUDENT_NUMERIC, *STUDENT_FLAGS, *STUDENT_CATEGORIES)
-                                 if c in X.columns]
+        self.student_columns_ = [
+            c for c in (*STUDENT_NUMERIC, *STUDENT_FLAGS, *STUDENT_CATEGORIES) if c in X.columns
+        ]
         missing = [c for c in PRIOR_SCORES if c not in X.columns]
         if missing:
             raise ValueError(f"the growth model needs the prior-year score columns; missing {missing}")
@@ -125,6 +142,9 @@ class SchoolFeatures(BaseEstimator, TransformerMixin):
         for col in STUDENT_FLAGS:
             if col in out.columns:
                 out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+        for col in STUDENT_CATEGORIES:
+            if col in out.columns:  # plain objects with NaN: what the imputer and encoder expect
+                out[col] = out[col].astype(object).where(out[col].notna(), np.nan)
         out["grade_number"] = grade_number(X["grade"].astype(str))
         if {"prior_math_score", "prior_reading_score"} <= set(out.columns):
             out["prior_score_gap"] = out["prior_math_score"] - out["prior_reading_score"]
@@ -154,12 +174,21 @@ def encoder(feature_frame_columns: list[str]) -> ColumnTransformer:
     numeric = [c for c in feature_frame_columns if c not in categorical]
     return ColumnTransformer(
         [
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-             numeric),
-            ("categorical", Pipeline([
-                ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-            ]), categorical),
+            (
+                "numeric",
+                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
+                numeric,
+            ),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            ),
         ],
         verbose_feature_names_out=False,
     )

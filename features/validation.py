@@ -77,9 +77,10 @@ def coerce_column(series: pd.Series, col: Column, file: str) -> tuple[pd.Series,
             bad |= fractional
     elif col.kind == "bool":
         words = series.astype("string").str.strip().str.lower()
-        converted = pd.Series(np.where(words.isin(TRUE_WORDS), 1.0,
-                                       np.where(words.isin(FALSE_WORDS), 0.0, np.nan)),
-                              index=series.index)
+        converted = pd.Series(
+            np.where(words.isin(TRUE_WORDS), 1.0, np.where(words.isin(FALSE_WORDS), 0.0, np.nan)),
+            index=series.index,
+        )
         bad = present & converted.isna()
     else:
         converted = series.astype("string").str.strip().where(present)
@@ -87,13 +88,26 @@ def coerce_column(series: pd.Series, col: Column, file: str) -> tuple[pd.Series,
     problems = []
     if bad.any():
         rows = np.flatnonzero(bad.to_numpy())
-        problems.append(Problem(file, col.name, data_rows(rows), expected_text(col),
-                                tuple(str(v) for v in series.to_numpy()[rows])))
+        problems.append(
+            Problem(
+                file,
+                col.name,
+                data_rows(rows),
+                expected_text(col),
+                tuple(str(v) for v in series.to_numpy()[rows]),
+            )
+        )
     if col.required:
         missing = ~present
         if missing.any():
-            problems.append(Problem(file, col.name, data_rows(np.flatnonzero(missing.to_numpy())),
-                                    f"{expected_text(col)}, found an empty cell"))
+            problems.append(
+                Problem(
+                    file,
+                    col.name,
+                    data_rows(np.flatnonzero(missing.to_numpy())),
+                    f"{expected_text(col)}, found an empty cell",
+                )
+            )
     converted = converted.where(~bad)
     if col.kind == "int" and converted.notna().all():
         converted = converted.astype("int64")
@@ -111,13 +125,15 @@ def pandera_schema(columns: tuple[Column, ...], unique: tuple[str, ...]) -> pa.D
             checks.append(pa.Check.gt(col.min))
         if col.allowed:
             checks.append(pa.Check.isin(list(col.allowed)))
-        spec[col.name] = pa.Column(checks=checks, nullable=True, unique=col.name in unique,
-                                   required=False, report_duplicates="all")
+        spec[col.name] = pa.Column(
+            checks=checks, nullable=True, unique=col.name in unique, required=False, report_duplicates="all"
+        )
     return pa.DataFrameSchema(spec)
 
 
-def schema_problems(frame: pd.DataFrame, columns: tuple[Column, ...], unique: tuple[str, ...],
-                    file: str) -> list[Problem]:
+def schema_problems(
+    frame: pd.DataFrame, columns: tuple[Column, ...], unique: tuple[str, ...], file: str
+) -> list[Problem]:
     """Run the pandera schema lazily and turn its failure cases into located problems."""
     by_name = {c.name: c for c in columns}
     try:
@@ -132,22 +148,40 @@ def schema_problems(frame: pd.DataFrame, columns: tuple[Column, ...], unique: tu
             else:
                 expected = expected_text(col)
             rows = data_rows(sorted(group["index"].astype(int).unique()))
-            problems.append(Problem(file, column, rows, expected,
-                                    tuple(str(v) for v in group["failure_case"].head(MAX_ROWS_SHOWN))))
+            problems.append(
+                Problem(
+                    file,
+                    column,
+                    rows,
+                    expected,
+                    tuple(str(v) for v in group["failure_case"].head(MAX_ROWS_SHOWN)),
+                )
+            )
         return problems
     return []
 
 
-def validate_table(raw: pd.DataFrame, columns: tuple[Column, ...], file: str,
-                   unique: tuple[str, ...] = ()) -> pd.DataFrame:
+def validate_table(
+    raw: pd.DataFrame, columns: tuple[Column, ...], file: str, unique: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Check a whole table: required columns, emptiness, types, ranges, categories, uniqueness.
 
     Returns the table with contract types; raises ContractError listing every problem.
     """
     missing = [c.name for c in columns if c.required and c.name not in raw.columns]
     if missing:
-        raise ContractError([Problem(file, name, (), "this required column; the file's columns are "
-                                     f"{', '.join(map(str, raw.columns)) or 'none'}") for name in missing])
+        raise ContractError(
+            [
+                Problem(
+                    file,
+                    name,
+                    (),
+                    "this required column; the file's columns are "
+                    f"{', '.join(map(str, raw.columns)) or 'none'}",
+                )
+                for name in missing
+            ]
+        )
     if raw.empty:
         raise ContractError([Problem(file, None, (), "at least one data row; the table is empty")])
     frame = raw.reset_index(drop=True).copy()

@@ -71,19 +71,26 @@ def prepare(config: DataConfig) -> Prepared:
     students = district.students
     y = growth_target(students, config.target)
     if y.isna().any():
-        raise ValueError(f"{config.students}: {int(y.isna().sum())} students lack a prior-year or target-year "
-                         f"score for {config.target}; the growth model needs both")
+        raise ValueError(
+            f"{config.students}: {int(y.isna().sum())} students lack a prior-year or target-year "
+            f"score for {config.target}; the growth model needs both"
+        )
     split = split_rows(students, seed=config.seed, holdout_schools=config.holdout_schools)
     train = students.iloc[split.train]
     transform = feature_pipeline(train, district.schools).fit(train)
     n_numeric = len(transform.named_steps["encode"].transformers_[0][2])
     return Prepared(
-        config=config, students=students, schools=district.schools, y=y.to_numpy(dtype=float), split=split,
+        config=config,
+        students=students,
+        schools=district.schools,
+        y=y.to_numpy(dtype=float),
+        split=split,
         transform=transform,
         X_train=transform.transform(train).astype("float32"),
         X_val=transform.transform(students.iloc[split.val]).astype("float32"),
         X_test=transform.transform(students.iloc[split.test]).astype("float32"),
-        n_numeric=n_numeric, fingerprint=file_fingerprint(config.schools, config.students),
+        n_numeric=n_numeric,
+        fingerprint=file_fingerprint(config.schools, config.students),
     )
 
 

@@ -21,8 +21,9 @@ from training.metrics import rmse  # noqa: E402
 SUBGROUPS = ("grade", "gender", "econ_disadvantaged", "english_learner", "special_education", "school_type")
 
 
-def subgroup_errors(frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarray,
-                    schools: pd.DataFrame) -> pd.DataFrame:
+def subgroup_errors(
+    frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarray, schools: pd.DataFrame
+) -> pd.DataFrame:
     """MAE, RMSE and mean error (bias) for each value of each subgroup column present."""
     data = frame.assign(
         school_type=frame["school_name"].map(schools.set_index("school_name")["type"]),
@@ -34,9 +35,16 @@ def subgroup_errors(frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarr
             continue
         for value, group in data.groupby(column, sort=True, observed=True):
             err = group["_err"].to_numpy()
-            rows.append({"subgroup": column, "value": str(value), "n": len(err),
-                         "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
-                         "mean_error": float(err.mean())})
+            rows.append(
+                {
+                    "subgroup": column,
+                    "value": str(value),
+                    "n": len(err),
+                    "mae": float(np.abs(err).mean()),
+                    "rmse": float(np.sqrt((err**2).mean())),
+                    "mean_error": float(err.mean()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -55,17 +63,28 @@ def read_truth(students_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict] |
     needed = [folder / "truth.csv", folder / "truth_schools.csv", folder / "truth.json"]
     if not all(p.exists() for p in needed):
         return None
-    return (pd.read_csv(needed[0]).rename(columns={"Student ID": "student_id"}), pd.read_csv(needed[1]),
-            json.loads(needed[2].read_text()))
+    return (
+        pd.read_csv(needed[0]).rename(columns={"Student ID": "student_id"}),
+        pd.read_csv(needed[1]),
+        json.loads(needed[2].read_text()),
+    )
 
 
-def truth_comparison(frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarray, target: str,
-                     truth: tuple[pd.DataFrame, pd.DataFrame, dict],
-                     value_added: pd.DataFrame) -> dict[str, float]:
+def truth_comparison(
+    frame: pd.DataFrame,
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    target: str,
+    truth: tuple[pd.DataFrame, pd.DataFrame, dict],
+    value_added: pd.DataFrame,
+) -> dict[str, float]:
     """Noise floor (error of the true expected growth) and how close the model gets to it."""
     per_student, per_school, meta = truth
-    expected = frame[["student_id"]].merge(per_student, on="student_id", how="left")[
-        f"expected_{target}_growth"].to_numpy()
+    expected = (
+        frame[["student_id"]]
+        .merge(per_student, on="student_id", how="left")[f"expected_{target}_growth"]
+        .to_numpy()
+    )
     floor = rmse(actual, expected)
     model_rmse = rmse(actual, predicted)
     effects = value_added.join(per_school.set_index("school_name")[f"{target}_effect"], how="inner")
@@ -78,15 +97,24 @@ def truth_comparison(frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndar
     }
 
 
-def feature_importance(model, frame: pd.DataFrame, actual: np.ndarray, seed: int,
-                       max_rows: int = 4000) -> pd.Series:
+def feature_importance(
+    model, frame: pd.DataFrame, actual: np.ndarray, seed: int, max_rows: int = 4000
+) -> pd.Series:
     """Permutation importance of the raw input columns (RMSE increase), on a validation sample."""
     sample = frame.sample(n=min(max_rows, len(frame)), random_state=seed)
     y = pd.Series(actual, index=frame.index).loc[sample.index].to_numpy()
-    columns = [c for c in sample.columns if c not in ("student_id", "student_name", "math_score",
-                                                      "reading_score")]
-    result = permutation_importance(model, sample[columns], y, scoring="neg_root_mean_squared_error",
-                                    n_repeats=3, random_state=seed, n_jobs=1)
+    columns = [
+        c for c in sample.columns if c not in ("student_id", "student_name", "math_score", "reading_score")
+    ]
+    result = permutation_importance(
+        model,
+        sample[columns],
+        y,
+        scoring="neg_root_mean_squared_error",
+        n_repeats=3,
+        random_state=seed,
+        n_jobs=1,
+    )
     return pd.Series(result.importances_mean, index=columns).sort_values(ascending=False)
 
 
@@ -118,16 +146,32 @@ def importance_figure(importance: pd.Series, title: str) -> plt.Figure:
     return figure
 
 
-def evaluation_markdown(target: str, family: str, metrics: dict[str, float], subgroups: pd.DataFrame,
-                        value_added: pd.DataFrame, truth_figures: dict[str, float] | None) -> str:
+def evaluation_markdown(
+    target: str,
+    family: str,
+    metrics: dict[str, float],
+    subgroups: pd.DataFrame,
+    value_added: pd.DataFrame,
+    truth_figures: dict[str, float] | None,
+) -> str:
     """The human-readable evaluation report of the champion."""
-    lines = [f"# Evaluation: {target} growth, champion family `{family}`", "", "## Overall (test set)", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# Evaluation: {target} growth, champion family `{family}`",
+        "",
+        "## Overall (test set)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     if truth_figures:
         lines += ["", "## Against the synthetic truth", "", "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in truth_figures.items()]
     lines += ["", "## Error by subgroup (test set)", "", subgroups.to_markdown(index=False, floatfmt=".3f")]
-    lines += ["", "## School value-added (test set: mean residual, actual minus predicted)", "",
-              value_added.reset_index().to_markdown(index=False, floatfmt=".3f")]
+    lines += [
+        "",
+        "## School value-added (test set: mean residual, actual minus predicted)",
+        "",
+        value_added.reset_index().to_markdown(index=False, floatfmt=".3f"),
+    ]
     return "\n".join(lines) + "\n"

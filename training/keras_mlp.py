@@ -21,9 +21,19 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
     transfer between targets of different spread.
     """
 
-    def __init__(self, hidden_layers: int = 2, units: int = 128, dropout: float = 0.1,
-                 learning_rate: float = 1e-3, l2: float = 1e-5, batch_size: int = 512, max_epochs: int = 60,
-                 patience: int = 6, seed: int = 42, verbose: int = 0):
+    def __init__(
+        self,
+        hidden_layers: int = 2,
+        units: int = 128,
+        dropout: float = 0.1,
+        learning_rate: float = 1e-3,
+        l2: float = 1e-5,
+        batch_size: int = 512,
+        max_epochs: int = 60,
+        patience: int = 6,
+        seed: int = 42,
+        verbose: int = 0,
+    ):
         self.hidden_layers = hidden_layers
         self.units = units
         self.dropout = dropout
@@ -42,8 +52,11 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         regulariser = keras.regularizers.L2(self.l2) if self.l2 > 0 else None
         layers = [keras.Input((n_features,))]
         for depth in range(self.hidden_layers):
-            layers.append(keras.layers.Dense(max(8, self.units // (2 ** depth)), activation="relu",
-                                             kernel_regularizer=regulariser))
+            layers.append(
+                keras.layers.Dense(
+                    max(8, self.units // (2**depth)), activation="relu", kernel_regularizer=regulariser
+                )
+            )
             if self.dropout > 0:
                 layers.append(keras.layers.Dropout(self.dropout))
         layers.append(keras.layers.Dense(1))
@@ -51,8 +64,14 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="mse")
         return model
 
-    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-            epoch_report: EpochReport | None = None) -> KerasMLPRegressor:
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        epoch_report: EpochReport | None = None,
+    ) -> KerasMLPRegressor:
         """Train; ``epoch_report(epoch, val_rmse)`` is called after every epoch (Optuna pruning hook)."""
         import keras
 
@@ -71,12 +90,24 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
 
         callbacks: list = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)]
         if epoch_report is not None:
-            callbacks.append(keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: epoch_report(epoch, float(np.sqrt(logs["val_loss"])) * scale)))
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: epoch_report(
+                        epoch, float(np.sqrt(logs["val_loss"])) * scale
+                    )
+                )
+            )
         self.model_ = self._build(X.shape[1])
-        history = self.model_.fit(X, standardise(y), validation_data=(X_val, standardise(y_val)),
-                                  epochs=self.max_epochs, batch_size=self.batch_size, callbacks=callbacks,
-                                  verbose=self.verbose, shuffle=True)
+        history = self.model_.fit(
+            X,
+            standardise(y),
+            validation_data=(X_val, standardise(y_val)),
+            epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            callbacks=callbacks,
+            verbose=self.verbose,
+            shuffle=True,
+        )
         self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
         self.n_features_in_ = X.shape[1]
         return self
@@ -84,6 +115,9 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype="float32")
         # Calling the model directly avoids Keras' predict-loop overhead for the small batches of serving.
-        raw = self.model_(X, training=False).numpy() if len(X) <= 4096 else self.model_.predict(
-            X, batch_size=8192, verbose=0)
+        raw = (
+            self.model_(X, training=False).numpy()
+            if len(X) <= 4096
+            else self.model_.predict(X, batch_size=8192, verbose=0)
+        )
         return raw.ravel().astype(float) * self.y_std_ + self.y_mean_

@@ -36,11 +36,19 @@ def use_experiment(target: str) -> str:
     return experiment.experiment_id
 
 
-def log_nested_run(client: MlflowClient, experiment_id: str, parent_run_id: str, run_name: str,
-                   params: dict, metrics: dict[str, float], tags: dict[str, str]) -> str:
+def log_nested_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    run_name: str,
+    params: dict,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> str:
     """A child run created through the client, so worker processes can add trials to one parent."""
-    run = client.create_run(experiment_id, run_name=run_name,
-                            tags={"mlflow.parentRunId": parent_run_id, **tags})
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={"mlflow.parentRunId": parent_run_id, **tags}
+    )
     run_id = run.info.run_id
     client.log_batch(
         run_id,

@@ -27,6 +27,29 @@ HEADLINE_BASELINE = "baseline_linear"
 INTERVAL_LEVEL = 0.9
 
 
+# The pickled pipeline refers to project classes; ship their code with the model.
+CODE_PATHS = [str(Path(__file__).resolve().parents[1] / package) for package in ("features", "training")]
+MODEL_PACKAGES = (
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "scipy",
+    "cloudpickle",
+    "tensorflow-cpu",
+    "keras",
+    "optuna",
+    "matplotlib",
+    "pandera",
+)
+
+
+def model_requirements() -> list[str]:
+    """Exact versions of what loading the model imports, read from this environment (the lock file's)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_PACKAGES]
+
+
 class GateFailed(RuntimeError):
     """The best model does not beat the linear baseline by the required margin."""
 
@@ -62,7 +85,9 @@ def model_input(frame: pd.DataFrame) -> pd.DataFrame:
     return record.astype({c: "float64" for c in counts})
 
 
-def evaluate_split(model, prepared: Prepared, features: bool) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate_split(
+    model, prepared: Prepared, features: bool
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """val/test metrics and predictions, on encoded matrices (tuned families) or raw frames (baselines)."""
     metrics, predictions = {}, {}
     for part in ("val", "test"):
@@ -78,15 +103,17 @@ def add_reductions(metrics: dict[str, float], baselines: dict[str, dict[str, flo
     for name, suffix in ((HEADLINE_BASELINE, "baseline"), ("baseline_naive", "naive_baseline")):
         if name in baselines:
             for kind in ("mae", "rmse"):
-                out[f"{kind}_reduction_vs_{suffix}_pct"] = reduction_pct(metrics[f"test_{kind}"],
-                                                                         baselines[name][f"test_{kind}"])
+                out[f"{kind}_reduction_vs_{suffix}_pct"] = reduction_pct(
+                    metrics[f"test_{kind}"], baselines[name][f"test_{kind}"]
+                )
     return out
 
 
 def study_best(config: TrainConfig, family: str) -> tuple[dict, float] | None:
     """Best params of the family's study and its wall-clock tuning time, or None if never tuned."""
-    tune_config = TuneConfig(data=config.data, family=family, storage=config.storage,
-                             study_prefix=config.study_prefix)
+    tune_config = TuneConfig(
+        data=config.data, family=family, storage=config.storage, study_prefix=config.study_prefix
+    )
     try:
         study = open_study(tune_config)
         best = study.best_trial
@@ -102,11 +129,18 @@ def train(config: TrainConfig) -> dict:
     target = config.data.target
     prepared = prepare(config.data)
     use_experiment(target)
-    dataset = mlflow.data.from_pandas(prepared.students.drop(columns=["student_name"]),
-                                      source=str(config.data.students), name=f"district-{prepared.fingerprint}",
-                                      targets=None)
-    common_tags = {"target": target, "data_fingerprint": prepared.fingerprint,
-                   "holdout_schools": str(config.data.holdout_schools), "split_seed": str(config.data.seed)}
+    dataset = mlflow.data.from_pandas(
+        prepared.students.drop(columns=["student_name"]),
+        source=str(config.data.students),
+        name=f"district-{prepared.fingerprint}",
+        targets=None,
+    )
+    common_tags = {
+        "target": target,
+        "data_fingerprint": prepared.fingerprint,
+        "holdout_schools": str(config.data.holdout_schools),
+        "split_seed": str(config.data.seed),
+    }
     baselines: dict[str, dict[str, float]] = {}
     for name, make in BASELINES.items():
         start = time.perf_counter()
@@ -115,17 +149,23 @@ def train(config: TrainConfig) -> dict:
         baselines[name] = metrics
         with mlflow.start_run(run_name=name, tags={**common_tags, "family": name, "run_kind": "baseline"}):
             mlflow.log_input(dataset, context="training")
-            mlflow.log_metrics({**add_reductions(metrics, baselines), "fit_seconds": time.perf_counter() - start})
+            mlflow.log_metrics(
+                {**add_reductions(metrics, baselines), "fit_seconds": time.perf_counter() - start}
+            )
     candidates: list[Candidate] = []
     for family_name in config.families:
         best = study_best(config, family_name)
         if best is None:
-            log.warning("family %s has no tuned study in %s; skipped (run `growth tune` first)", family_name,
-                        config.storage)
+            log.warning(
+                "family %s has no tuned study in %s; skipped (run `growth tune` first)",
+                family_name,
+                config.storage,
+            )
             continue
         params, tune_seconds = best
-        candidates.append(fit_candidate(prepared, family_name, params, tune_seconds, baselines, common_tags,
-                                        dataset))
+        candidates.append(
+            fit_candidate(prepared, family_name, params, tune_seconds, baselines, common_tags, dataset)
+        )
     if not candidates:
         raise RuntimeError("no tuned family to train: run `growth tune` first")
     champion = min(candidates, key=lambda c: c.metrics["val_rmse"])
@@ -133,47 +173,85 @@ def train(config: TrainConfig) -> dict:
     return summary
 
 
-def fit_candidate(prepared: Prepared, family_name: str, params: dict, tune_seconds: float,
-                  baselines: dict[str, dict[str, float]], tags: dict[str, str], dataset) -> Candidate:
+def fit_candidate(
+    prepared: Prepared,
+    family_name: str,
+    params: dict,
+    tune_seconds: float,
+    baselines: dict[str, dict[str, float]],
+    tags: dict[str, str],
+    dataset,
+) -> Candidate:
     """Refit one family's best params on the full training set and log it as a top-level run."""
     from features.transform import model_pipeline
 
     family = FAMILIES[family_name]
     start = time.perf_counter()
-    estimator = fit_family(family, params, prepared.config.seed, prepared.n_numeric, prepared.X_train,
-                           prepared.y_part("train"), prepared.X_val, prepared.y_part("val"))
+    estimator = fit_family(
+        family,
+        params,
+        prepared.config.seed,
+        prepared.n_numeric,
+        prepared.X_train,
+        prepared.y_part("train"),
+        prepared.X_val,
+        prepared.y_part("val"),
+    )
     fit_seconds = time.perf_counter() - start
     metrics, predictions = evaluate_split(estimator, prepared, features=True)
     pipeline = model_pipeline(prepared.transform, estimator)
     interval = float(np.quantile(np.abs(prepared.y_part("val") - predictions["val"]), INTERVAL_LEVEL))
     metrics = add_reductions(metrics, baselines)
-    metrics.update({"fit_seconds": fit_seconds, "tune_seconds": tune_seconds,
-                    "interval_90_halfwidth": interval})
+    metrics.update(
+        {"fit_seconds": fit_seconds, "tune_seconds": tune_seconds, "interval_90_halfwidth": interval}
+    )
     example = model_input(prepared.part("val").head(5))
-    with mlflow.start_run(run_name=f"candidate-{family_name}",
-                          tags={**tags, "family": family_name, "run_kind": "candidate"}) as run:
+    with mlflow.start_run(
+        run_name=f"candidate-{family_name}", tags={**tags, "family": family_name, "run_kind": "candidate"}
+    ) as run:
         mlflow.log_input(dataset, context="training")
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         signature = infer_signature(example, pipeline.predict(example))
-        logged = mlflow.sklearn.log_model(pipeline, name="model", signature=signature, input_example=example,
-                                          serialization_format="cloudpickle")
-        for name, figure in evaluation.residual_figures(prepared.y_part("test"), predictions["test"],
-                                                        f"{family_name}").items():
+        logged = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="cloudpickle",
+            code_paths=CODE_PATHS,
+            pip_requirements=model_requirements(),
+        )
+        for name, figure in evaluation.residual_figures(
+            prepared.y_part("test"), predictions["test"], f"{family_name}"
+        ).items():
             log_figure(figure, f"plots/{name}")
         val_frame = model_input(prepared.part("val"))
-        importance = evaluation.feature_importance(pipeline, val_frame, prepared.y_part("val"),
-                                                   prepared.config.seed)
+        importance = evaluation.feature_importance(
+            pipeline, val_frame, prepared.y_part("val"), prepared.config.seed
+        )
         mlflow.log_text(importance.to_csv(header=["rmse_increase"]), "feature_importance.csv")
-        log_figure(evaluation.importance_figure(importance, f"{family_name}: permutation importance"),
-                   "plots/feature_importance.png")
-    log.info("%s: val_rmse %.4f test_rmse %.4f (%.1f%% below linear baseline)", family_name,
-             metrics["val_rmse"], metrics["test_rmse"], metrics.get("rmse_reduction_vs_baseline_pct", np.nan))
+        log_figure(
+            evaluation.importance_figure(importance, f"{family_name}: permutation importance"),
+            "plots/feature_importance.png",
+        )
+    log.info(
+        "%s: val_rmse %.4f test_rmse %.4f (%.1f%% below linear baseline)",
+        family_name,
+        metrics["val_rmse"],
+        metrics["test_rmse"],
+        metrics.get("rmse_reduction_vs_baseline_pct", np.nan),
+    )
     return Candidate(family_name, run.info.run_id, metrics, pipeline, params, logged.model_uri)
 
 
-def register_champion(config: TrainConfig, prepared: Prepared, champion: Candidate,
-                      baselines: dict[str, dict[str, float]], candidates: list[Candidate]) -> dict:
+def register_champion(
+    config: TrainConfig,
+    prepared: Prepared,
+    champion: Candidate,
+    baselines: dict[str, dict[str, float]],
+    candidates: list[Candidate],
+) -> dict:
     """Evaluation report, registry version, gate, alias and BentoML export for the best candidate."""
     target = config.data.target
     test = prepared.part("test")
@@ -182,18 +260,33 @@ def register_champion(config: TrainConfig, prepared: Prepared, champion: Candida
     subgroups = evaluation.subgroup_errors(test, actual, predicted, prepared.schools)
     value_added = evaluation.school_value_added(test, actual, predicted)
     truth = evaluation.read_truth(config.data.students)
-    truth_figures = (evaluation.truth_comparison(test, actual, predicted, target, truth, value_added)
-                     if truth else None)
-    headline = {k: champion.metrics[k] for k in ("test_mae", "test_rmse", "test_r2", "val_mae", "val_rmse",
-                                                 "mae_reduction_vs_baseline_pct",
-                                                 "rmse_reduction_vs_baseline_pct")}
-    report = evaluation.evaluation_markdown(target, champion.name, headline, subgroups, value_added, truth_figures)
+    truth_figures = (
+        evaluation.truth_comparison(test, actual, predicted, target, truth, value_added) if truth else None
+    )
+    headline = {
+        k: champion.metrics[k]
+        for k in (
+            "test_mae",
+            "test_rmse",
+            "test_r2",
+            "val_mae",
+            "val_rmse",
+            "mae_reduction_vs_baseline_pct",
+            "rmse_reduction_vs_baseline_pct",
+        )
+    }
+    report = evaluation.evaluation_markdown(
+        target, champion.name, headline, subgroups, value_added, truth_figures
+    )
     out_dir = Path(config.out_dir) / target
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = comparison_table(baselines, candidates)
-    for name, text in (("evaluation.md", report), ("subgroups.csv", subgroups.to_csv(index=False)),
-                       ("school_value_added.csv", value_added.to_csv()),
-                       ("families.csv", comparison.to_csv(index=False))):
+    for name, text in (
+        ("evaluation.md", report),
+        ("subgroups.csv", subgroups.to_csv(index=False)),
+        ("school_value_added.csv", value_added.to_csv()),
+        ("families.csv", comparison.to_csv(index=False)),
+    ):
         write_atomic(out_dir / name, text)
     client = MlflowClient(tracking_uri())
     with mlflow.start_run(run_id=champion.run_id):
@@ -202,40 +295,78 @@ def register_champion(config: TrainConfig, prepared: Prepared, champion: Candida
             mlflow.log_metrics(truth_figures)
         mlflow.set_tag("champion_candidate", "true")
     name = registered_model_name(target)
-    version = mlflow.register_model(champion.model_uri, name,
-                                    tags={"family": champion.name, "data_fingerprint": prepared.fingerprint})
+    version = mlflow.register_model(
+        champion.model_uri, name, tags={"family": champion.name, "data_fingerprint": prepared.fingerprint}
+    )
     baseline_rmse = baselines[HEADLINE_BASELINE]["test_rmse"]
     required = baseline_rmse * (1 - config.margin_pct / 100.0)
-    summary = {"target": target, "champion_family": champion.name, "run_id": champion.run_id,
-               "registered_model": name, "version": version.version, **headline,
-               "baseline_linear_test_rmse": baseline_rmse, "required_test_rmse": required,
-               "families": comparison, "truth": truth_figures, "report_dir": str(out_dir)}
+    summary = {
+        "target": target,
+        "champion_family": champion.name,
+        "run_id": champion.run_id,
+        "registered_model": name,
+        "version": version.version,
+        **headline,
+        "baseline_linear_test_rmse": baseline_rmse,
+        "required_test_rmse": required,
+        "families": comparison,
+        "truth": truth_figures,
+        "report_dir": str(out_dir),
+    }
     if champion.metrics["test_rmse"] > required:
         client.set_model_version_tag(name, version.version, "gate", "failed")
         raise GateFailed(
             f"{name} v{version.version} ({champion.name}) has test RMSE {champion.metrics['test_rmse']:.4f}; the "
             f"gate needs <= {required:.4f} ({config.margin_pct:g}% below the linear baseline's "
-            f"{baseline_rmse:.4f}). Registered without the champion alias; the previous champion stays.")
+            f"{baseline_rmse:.4f}). Registered without the champion alias; the previous champion stays."
+        )
     client.set_model_version_tag(name, version.version, "gate", "passed")
     client.set_registered_model_alias(name, "champion", version.version)
     if config.export_bento:
         from training.export import export_champion
 
-        summary["bento_tag"] = str(export_champion(champion.model, target, {
-            "registered_model": name, "registry_version": str(version.version), "family": champion.name,
-            "mlflow_run_id": champion.run_id, "interval_90_halfwidth": champion.metrics["interval_90_halfwidth"],
-            "test_rmse": champion.metrics["test_rmse"], "data_fingerprint": prepared.fingerprint}))
+        summary["bento_tag"] = str(
+            export_champion(
+                champion.model,
+                target,
+                {
+                    "registered_model": name,
+                    "registry_version": str(version.version),
+                    "family": champion.name,
+                    "mlflow_run_id": champion.run_id,
+                    "interval_90_halfwidth": champion.metrics["interval_90_halfwidth"],
+                    "test_rmse": champion.metrics["test_rmse"],
+                    "data_fingerprint": prepared.fingerprint,
+                },
+            )
+        )
     return summary
 
 
 def comparison_table(baselines: dict[str, dict[str, float]], candidates: list[Candidate]) -> pd.DataFrame:
     """One row per baseline and family: the table reviewers and the issue note need."""
-    rows = [{"model": name, **{k: m[k] for k in ("val_rmse", "test_mae", "test_rmse", "test_r2")}}
-            for name, m in baselines.items()]
-    rows += [{"model": c.name, **{k: c.metrics[k] for k in ("val_rmse", "test_mae", "test_rmse", "test_r2",
-                                                            "rmse_reduction_vs_baseline_pct",
-                                                            "tune_seconds", "fit_seconds")}}
-             for c in candidates]
+    rows = [
+        {"model": name, **{k: m[k] for k in ("val_rmse", "test_mae", "test_rmse", "test_r2")}}
+        for name, m in baselines.items()
+    ]
+    rows += [
+        {
+            "model": c.name,
+            **{
+                k: c.metrics[k]
+                for k in (
+                    "val_rmse",
+                    "test_mae",
+                    "test_rmse",
+                    "test_r2",
+                    "rmse_reduction_vs_baseline_pct",
+                    "tune_seconds",
+                    "fit_seconds",
+                )
+            },
+        }
+        for c in candidates
+    ]
     return pd.DataFrame(rows)
 
 

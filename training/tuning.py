@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import warnings
 from dataclasses import dataclass, replace
 
@@ -46,24 +47,40 @@ class TuneConfig:
     tune_rows: int | None = 40_000
     study_prefix: str = "student-growth"
     progress: bool = True
+    heartbeat_seconds: int = 10
 
     @property
     def study_name(self) -> str:
         return f"{self.study_prefix}-{self.data.target}-{self.family}"
 
 
-def open_storage(url: str) -> RDBStorage:
+def sqlalchemy_url(url: str) -> str:
+    """Plain ``postgresql://`` URLs use the locked psycopg2 driver (SQLAlchemy 2.1 would pick psycopg 3)."""
+    return (
+        "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+        if url.startswith("postgresql://")
+        else url
+    )
+
+
+def open_storage(url: str, heartbeat_seconds: int = 10) -> RDBStorage:
     """RDB storage with heartbeats so trials of killed workers are failed and retried once."""
+    url = sqlalchemy_url(url)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=10, grace_period=30,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=heartbeat_seconds,
+        grace_period=3 * heartbeat_seconds,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )
 
 
 def open_study(config: TuneConfig, seed_offset: int = 0) -> optuna.Study:
     """Create or resume the study; each worker gets its own TPE seed so workers explore differently."""
     return optuna.create_study(
         study_name=config.study_name,
-        storage=open_storage(config.storage),
+        storage=open_storage(config.storage, config.heartbeat_seconds),
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=config.data.seed + seed_offset, multivariate=True),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
@@ -89,16 +106,36 @@ def objective(prepared: Prepared, family: Family, rows: np.ndarray, parent_run_i
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with val_rmse {val_rmse:.4f}")
 
-        model = fit_family(family, params, prepared.config.seed, prepared.n_numeric, X, y, X_val, y_val,
-                           report if family.prunable else None)
+        model = fit_family(
+            family,
+            params,
+            prepared.config.seed,
+            prepared.n_numeric,
+            X,
+            y,
+            X_val,
+            y_val,
+            report if family.prunable else None,
+        )
         metrics = scores(y_val, model.predict(X_val), "val")
         if hasattr(model, "best_epoch_"):
             trial.set_user_attr("best_epoch", model.best_epoch_)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
-        log_nested_run(client, experiment_id, parent_run_id, f"{family.name}-trial-{trial.number}", params,
-                       metrics, {"family": family.name, "optuna_trial": str(trial.number),
-                                 "data_fingerprint": prepared.fingerprint})
+        trial.set_user_attr("worker_pid", os.getpid())
+        log_nested_run(
+            client,
+            experiment_id,
+            parent_run_id,
+            f"{family.name}-trial-{trial.number}",
+            params,
+            metrics,
+            {
+                "family": family.name,
+                "optuna_trial": str(trial.number),
+                "data_fingerprint": prepared.fingerprint,
+            },
+        )
         return metrics["val_rmse"]
 
     return run_trial
@@ -129,22 +166,36 @@ def parent_run(config: TuneConfig, experiment_id: str) -> str:
     """The family's parent run, reused when a study resumes so all its trials stay together."""
     client = MlflowClient(tracking_uri())
     existing = client.search_runs(
-        [experiment_id], filter_string=f"tags.optuna_study = '{config.study_name}' and tags.run_kind = 'study'",
-        max_results=1)
+        [experiment_id],
+        filter_string=f"tags.optuna_study = '{config.study_name}' and tags.run_kind = 'study'",
+        max_results=1,
+    )
     if existing:
         return existing[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"tune-{config.family}", tags={
-        "run_kind": "study", "family": config.family, "optuna_study": config.study_name,
-        "target": config.data.target})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"tune-{config.family}",
+        tags={
+            "run_kind": "study",
+            "family": config.family,
+            "optuna_study": config.study_name,
+            "target": config.data.target,
+        },
+    )
     return run.info.run_id
 
 
 def spawn_workers(config: TuneConfig, parent_run_id: str) -> None:
     """N processes on one study; each loads the data itself, as a worker on another machine would."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(replace(config, progress=worker == 0), worker,
-                                                          parent_run_id), name=f"tune-worker-{worker}")
-                 for worker in range(config.workers)]
+    processes = [
+        context.Process(
+            target=run_worker,
+            args=(replace(config, progress=worker == 0), worker, parent_run_id),
+            name=f"tune-worker-{worker}",
+        )
+        for worker in range(config.workers)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -162,23 +213,33 @@ def summarise_study(config: TuneConfig, parent_run_id: str) -> optuna.Study:
     client = MlflowClient(tracking_uri())
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not completed:
-        raise RuntimeError(f"study {config.study_name} has no completed trial; give it more --trials or --timeout")
+        raise RuntimeError(
+            f"study {config.study_name} has no completed trial; give it more --trials or --timeout"
+        )
     best = study.best_trial
-    client.log_batch(parent_run_id, metrics=[
-        mlflow.entities.Metric("best_val_rmse", best.value, 0, 0),
-        mlflow.entities.Metric("best_val_mae", best.user_attrs.get("val_mae", np.nan), 0, 0),
-        mlflow.entities.Metric("n_trials_complete", len(completed), 0, 0),
-        mlflow.entities.Metric("n_trials_pruned", len(study.get_trials(deepcopy=False,
-                                                                       states=(TrialState.PRUNED,))), 0, 0),
-    ])
+    client.log_batch(
+        parent_run_id,
+        metrics=[
+            mlflow.entities.Metric("best_val_rmse", best.value, 0, 0),
+            mlflow.entities.Metric("best_val_mae", best.user_attrs.get("val_mae", np.nan), 0, 0),
+            mlflow.entities.Metric("n_trials_complete", len(completed), 0, 0),
+            mlflow.entities.Metric(
+                "n_trials_pruned", len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))), 0, 0
+            ),
+        ],
+    )
     client.set_tag(parent_run_id, "best_params", repr(best.params))
     client.set_tag(parent_run_id, "best_trial", str(best.number))
-    log_figure(optuna_plots.plot_optimization_history(study).figure, "optuna/optimization_history.png",
-               parent_run_id)
+    log_figure(
+        optuna_plots.plot_optimization_history(study).figure, "optuna/optimization_history.png", parent_run_id
+    )
     if len(completed) >= 2 and len(best.params) > 1:
         try:
-            log_figure(optuna_plots.plot_param_importances(study).figure, "optuna/param_importances.png",
-                       parent_run_id)
+            log_figure(
+                optuna_plots.plot_param_importances(study).figure,
+                "optuna/param_importances.png",
+                parent_run_id,
+            )
         except (ValueError, RuntimeError) as err:  # importances need variation across trials
             log.warning("no parameter importance plot for %s: %s", config.study_name, err)
     return study
@@ -193,9 +254,15 @@ def tune(config: TuneConfig, prepared: Prepared | None = None) -> optuna.Study:
         raise ValueError(f"unknown family {config.family!r}; choose from {', '.join(FAMILIES)}")
     experiment_id = use_experiment(config.data.target)
     parent_run_id = parent_run(config, experiment_id)
-    log.info("study %s in %s, MLflow experiment %s, parent run %s", config.study_name, config.storage,
-             experiment_name(config.data.target), parent_run_id)
+    log.info(
+        "study %s in %s, MLflow experiment %s, parent run %s",
+        config.study_name,
+        config.storage,
+        experiment_name(config.data.target),
+        parent_run_id,
+    )
     if config.workers > 1:
+        open_study(config)  # create schema and study once, so workers starting together do not race
         spawn_workers(config, parent_run_id)
     else:
         run_worker(config, 0, parent_run_id, prepared)
