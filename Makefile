@@ -10,7 +10,7 @@ STUDENTS ?= 150000
 SEED ?= 42
 DATA ?= data/district
 TRIALS ?= 12
-TIMEOUT ?= 150
+TIMEOUT ?= 120
 TUNE_ROWS ?= 40000
 WORKERS ?= 1
 TARGETS ?= --target math --target reading
@@ -22,6 +22,7 @@ venv: $(STAMP)
 # uv resolves and installs this stack in seconds where plain pip backtracks; it is itself pinned.
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .

@@ -151,6 +151,7 @@ def columns_markdown(columns: tuple[Column, ...]) -> str:
     lines = ["| column | type | required | allowed | meaning |", "|---|---|---|---|---|"]
     for col in columns:
         lines.append(
-            f"| `{col.name}` | {col.kind} | {'yes' if col.required else 'no'} | {col.allowed_text} | {col.meaning} |"
+            f"| `{col.name}` | {col.kind} | {'yes' if col.required else 'no'} | {col.allowed_text} "
+            f"| {col.meaning} |"
         )
     return "\n".join(lines)

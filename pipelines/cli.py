@@ -30,6 +30,9 @@ STORAGE_OPT = typer.Option(
     "--storage",
     help="Optuna storage URL (SQLite file by default; e.g. postgresql://host/db).",
 )
+FAMILIES_OPT = typer.Option(
+    ["hgb", "linear", "extratrees", "keras"], "--family", help="Model families: hgb linear extratrees keras."
+)
 SEED_OPT = typer.Option(42, "--seed", help="Split and sampler seed.")
 HOLDOUT_OPT = typer.Option(
     False,
@@ -106,11 +109,7 @@ def tune(
     schools: Path = SCHOOLS_OPT,
     students: Path = STUDENTS_OPT,
     target: list[str] = TARGETS_OPT,
-    family: list[str] = typer.Option(
-        ["hgb", "linear", "extratrees", "keras"],
-        "--family",
-        help="Model families to tune (hgb, linear, extratrees, keras).",
-    ),
+    family: list[str] = FAMILIES_OPT,
     trials: int = typer.Option(
         20, "--trials", help="Total finished trials per study (resumed studies count)."
     ),
@@ -154,9 +153,7 @@ def train(
     schools: Path = SCHOOLS_OPT,
     students: Path = STUDENTS_OPT,
     target: list[str] = TARGETS_OPT,
-    family: list[str] = typer.Option(
-        ["hgb", "linear", "extratrees", "keras"], "--family", help="Tuned families to refit and compare."
-    ),
+    family: list[str] = FAMILIES_OPT,
     storage: str = STORAGE_OPT,
     margin: float = typer.Option(
         8.0, "--margin", help="Required test-RMSE reduction vs the linear baseline, %."
@@ -244,6 +241,9 @@ def serve(
     port: int = typer.Option(3000, "--port", help="HTTP port."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all interfaces)."),
     max_records: int = typer.Option(10_000, "--max-records", help="Largest accepted request, in records."),
+    target: list[str] = typer.Option(
+        [], "--target", help="Serve only these targets (default: every target with a champion)."
+    ),
 ) -> None:
     """Serve the champion model(s) over HTTP: POST /predict, /docs, /healthz, /readyz, /metrics."""
     import os
@@ -251,16 +251,19 @@ def serve(
     from features.contract import TARGETS
     from serving.predictor import champion_entry
 
-    found = {t: champion_entry(t) for t in TARGETS}
+    unknown = [t for t in target if t not in TARGETS]
+    if unknown:
+        raise fail(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    found = {t: champion_entry(t) for t in (target or TARGETS)}
     if not any(found.values()):
         raise fail(
             "no champion model in the BentoML model store "
             f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `make run` or `growth train` first"
         )
-    for target, entry in found.items():
-        typer.echo(f"{target}: {entry.tag if entry else 'no champion; not served'}")
+    for name, entry in found.items():
+        typer.echo(f"{name}: {entry.tag if entry else 'no champion; not served'}")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records)}
+    env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records), "GROWTH_TARGETS": ",".join(found)}
     command = [
         sys.executable,
         "-m",

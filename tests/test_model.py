@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from training.data import DataConfig
 from training.tracking import use_experiment
-from training.train import GateFailed, TrainConfig, train
+from training.train import HEADLINE_METRICS, GateFailed, TrainConfig, train
 from training.tuning import TuneConfig, finished_trials, open_study, parent_run, run_worker, tune
 
 FAST_FAMILIES = ("hgb", "linear")
@@ -86,15 +86,7 @@ def test_baselines_and_candidates_are_comparable_top_level_runs(trained) -> None
     top_level = runs[runs["tags.run_kind"].isin(["baseline", "candidate"])]
     assert top_level["tags.mlflow.parentRunId"].isna().all()
     assert set(top_level["tags.family"]) >= {"baseline_naive", "baseline_linear", *FAST_FAMILIES}
-    for column in (
-        "test_mae",
-        "test_rmse",
-        "test_r2",
-        "val_mae",
-        "val_rmse",
-        "mae_reduction_vs_baseline_pct",
-        "rmse_reduction_vs_baseline_pct",
-    ):
+    for column in HEADLINE_METRICS:
         assert top_level[f"metrics.{column}"].notna().all(), column
     linear = top_level.set_index("tags.family").loc["baseline_linear"]
     champion = top_level.set_index("tags.family").loc[summary["champion_family"]]

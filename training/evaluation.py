@@ -48,13 +48,40 @@ def subgroup_errors(
     return pd.DataFrame(rows)
 
 
-def school_value_added(frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    """Mean residual (actual minus predicted growth) per school with its standard error."""
-    residual = pd.Series(np.asarray(actual) - np.asarray(predicted), index=frame.index)
-    grouped = residual.groupby(frame["school_name"])
-    table = pd.DataFrame({"n": grouped.size(), "value_added": grouped.mean(), "sd": grouped.std(ddof=1)})
-    table["std_error"] = table["sd"] / np.sqrt(table["n"])
-    return table.drop(columns="sd").sort_values("value_added", ascending=False)
+AVERAGE_SCHOOL = "__district_average_school__"
+
+
+def mean_residual(frame: pd.DataFrame, residual: np.ndarray, name: str) -> pd.DataFrame:
+    """Per-school mean of a residual with its standard error (sd / sqrt(n))."""
+    grouped = pd.Series(residual, index=frame.index).groupby(frame["school_name"])
+    return pd.DataFrame(
+        {name: grouped.mean(), f"{name}_std_error": grouped.std(ddof=1) / np.sqrt(grouped.size())}
+    )
+
+
+def school_value_added(
+    frame: pd.DataFrame, actual: np.ndarray, predicted: np.ndarray, predicted_average_school: np.ndarray
+) -> pd.DataFrame:
+    """Two value-added views per school, each a mean residual with its standard error.
+
+    ``value_added``: actual minus the model's prediction; what the model itself does not explain.
+    Because school features are inputs, this is only the part of a school's effect that its
+    attributes do not predict. ``value_added_vs_average_school``: actual minus what the same model
+    predicts for the same students at a district-average school (the unseen-school fallback):
+    the school's whole contribution, the figure a district usually means by value-added.
+    """
+    actual = np.asarray(actual, dtype=float)
+    table = pd.concat(
+        [
+            frame.groupby("school_name").size().rename("n"),
+            mean_residual(frame, actual - np.asarray(predicted), "value_added"),
+            mean_residual(
+                frame, actual - np.asarray(predicted_average_school), "value_added_vs_average_school"
+            ),
+        ],
+        axis=1,
+    )
+    return table.sort_values("value_added_vs_average_school", ascending=False)
 
 
 def read_truth(students_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
@@ -87,13 +114,18 @@ def truth_comparison(
     )
     floor = rmse(actual, expected)
     model_rmse = rmse(actual, predicted)
-    effects = value_added.join(per_school.set_index("school_name")[f"{target}_effect"], how="inner")
+    effects = value_added.join(per_school.set_index("school_name"), how="inner")
+    total, idiosyncratic = effects[f"{target}_effect"], effects[f"{target}_effect_idiosyncratic"]
     return {
         "noise_floor_rmse": floor,
         "documented_noise_sd": float(meta.get(f"noise_sd_{target}", np.nan)),
         "test_rmse_over_noise_floor": model_rmse / floor,
         "rmse_vs_expected_growth": rmse(expected, predicted),
-        "value_added_corr_true_effect": float(effects["value_added"].corr(effects[f"{target}_effect"])),
+        "value_added_vs_average_school_corr_true_effect": float(
+            effects["value_added_vs_average_school"].corr(total)
+        ),
+        "value_added_corr_true_effect": float(effects["value_added"].corr(total)),
+        "value_added_corr_true_idiosyncratic_effect": float(effects["value_added"].corr(idiosyncratic)),
     }
 
 
