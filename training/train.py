@@ -320,7 +320,8 @@ def register_champion(
         raise GateFailed(
             f"{name} v{version.version} ({champion.name}) has test RMSE "
             f"{champion.metrics['test_rmse']:.4f}; the gate needs <= {required:.4f} "
-            f"({config.margin_pct:g}% below the linear baseline's {baseline_rmse:.4f}). Registered without the champion alias; the previous champion stays."
+            f"({config.margin_pct:g}% below the linear baseline's {baseline_rmse:.4f}). "
+            "Registered without the champion alias; the previous champion stays."
         )
     client.set_model_version_tag(name, version.version, "gate", "passed")
     client.set_registered_model_alias(name, "champion", version.version)
