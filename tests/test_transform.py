@@ -14,6 +14,7 @@ from features.split import split_rows
 from features.transform import FORBIDDEN, feature_pipeline, model_pipeline
 from training.data import DataConfig, prepare
 from training.families import FAMILIES, fit_family
+from training.tracking import use_experiment
 from training.train import model_input
 
 HGB_PARAMS = {
@@ -86,7 +87,7 @@ def test_transform_round_trip_through_mlflow(prepared, fitted, isolated_stores: 
     import mlflow
 
     frame = model_input(prepared.part("test").head(300))
-    mlflow.set_tracking_uri(f"sqlite:///{isolated_stores / 'mlflow.db'}")
+    use_experiment("math")  # the isolated store's URI, and an experiment that exists in it
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(fitted, name="model", serialization_format="cloudpickle")
     np.testing.assert_allclose(mlflow.pyfunc.load_model(info.model_uri).predict(frame), fitted.predict(frame))
