@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from serving.local import free_port, start_process, stop_process_group
 from serving.predictor import unseen_warnings
 from serving.schemas import EXAMPLE_STUDENT, PredictRequest
 
@@ -90,12 +90,6 @@ def build_store(folder: Path) -> None:
 # --------------------------------------------------------------------------- server fixture
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, url: str, log: Path, folder: Path):
         self.url, self.log, self.folder = url, log, folder
@@ -119,24 +113,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     )
     port = free_port()
     log = folder / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--max-records",
-                str(MAX_RECORDS),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--max-records",
+        str(MAX_RECORDS),
+    ]
+    process = start_process(command, env, log, ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -153,19 +140,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             time.sleep(0.5)
         yield Server(url, log, folder)
     finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+        stop_process_group(process, grace_s=20)
 
 
 @pytest.fixture(scope="module")

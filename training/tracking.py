@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import matplotlib
 
@@ -66,18 +64,3 @@ def log_figure(figure: plt.Figure, artifact_file: str, run_id: str | None = None
     else:
         MlflowClient().log_figure(run_id, figure, artifact_file)
     plt.close(figure)
-
-
-def log_text_file(text: str, artifact_file: str, run_id: str | None = None) -> None:
-    if run_id is None:
-        mlflow.log_text(text, artifact_file)
-    else:
-        MlflowClient().log_text(run_id, text, artifact_file)
-
-
-def log_directory(path: Path, artifact_path: str) -> None:
-    mlflow.log_artifacts(str(path), artifact_path)
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="student-growth-")

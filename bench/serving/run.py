@@ -25,8 +25,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from serving.local import free_port, start_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -102,31 +102,6 @@ def tool_env(**extra: str) -> dict[str, str]:
     """Environment for child processes: the venv's bin first (mlflow runs `uvicorn` by name)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, "PATH": path, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group (servers fork workers), SIGKILL if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -404,10 +379,11 @@ def bench_bentoml(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "bentoml-server.log"
-    server = start(
+    server = start_process(
         [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--target", "math"],
         tool_env(BENTOML_HOME=str(setup.bentoml_home)),
         log,
+        ROOT,
     )
     results = []
     try:
@@ -426,7 +402,7 @@ def bench_bentoml(
                 locust(url, "bentoml", args.batch_users, size, args.duration, records_file, work, name)
             )
     finally:
-        stop(server)
+        stop_process_group(server)
     return results
 
 
@@ -453,7 +429,7 @@ def bench_mlflow(
         "--workers",
         str(args.mlflow_workers),
     ]
-    server = start(command, tool_env(MLFLOW_TRACKING_URI=setup.tracking_uri), log)
+    server = start_process(command, tool_env(MLFLOW_TRACKING_URI=setup.tracking_uri), log, ROOT)
     results = []
     try:
         wait_ready(f"{url}/ping", server, log)
@@ -466,7 +442,7 @@ def bench_mlflow(
                 locust(url, "mlflow", args.batch_users, size, args.duration, records_file, work, name)
             )
     finally:
-        stop(server)
+        stop_process_group(server)
     return results
 
 
