@@ -109,6 +109,10 @@ def test_champion_is_registered_aliased_and_exported(trained) -> None:
     version = MlflowClient().get_model_version_by_alias("student-growth-math", "champion")
     assert str(version.version) == str(summary["version"])
     assert summary["rmse_reduction_vs_baseline_pct"] >= 8.0
+    info = mlflow.models.get_model_info(f"models:/student-growth-math/{summary['version']}")
+    optional = {spec.name for spec in info.signature.inputs.inputs if not spec.required}
+    assert "prior_days_absent" in optional and "parental_education" in optional
+    assert "prior_math_score" not in optional and "school_name" not in optional
     stored = bentoml.models.get("student-growth-math:latest")
     assert stored.info.metadata["registry_version"] == str(summary["version"])
     report = (folder / "evaluation" / "math" / "evaluation.md").read_text()

@@ -12,9 +12,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 
+from features.transform import PRIOR_SCORES
 from training import evaluation
 from training.data import DataConfig, Prepared, prepare
 from training.families import BASELINES, FAMILIES, fit_family
@@ -93,6 +95,22 @@ def model_input(frame: pd.DataFrame) -> pd.DataFrame:
     record = frame.drop(columns=[c for c in ("math_score", "reading_score", "student_name") if c in frame])
     counts = [c for c in record.columns if c != "student_id" and pd.api.types.is_integer_dtype(record[c])]
     return record.astype({c: "float64" for c in counts})
+
+
+def serving_signature(example: pd.DataFrame, prediction: np.ndarray) -> ModelSignature:
+    """Inferred signature with the contract's optional columns marked optional, so a registered
+    model served by MLflow accepts records without them (the pipeline imputes them)."""
+    from features.contract import STUDENT_COLUMNS
+
+    optional = {c.name for c in STUDENT_COLUMNS if not c.required} - set(PRIOR_SCORES)
+    signature = infer_signature(example, prediction)
+    inputs = Schema(
+        [
+            ColSpec(spec.type, spec.name, required=spec.name not in optional)
+            for spec in signature.inputs.inputs
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=signature.outputs)
 
 
 def evaluate_split(
@@ -222,7 +240,7 @@ def fit_candidate(
         mlflow.log_input(dataset, context="training")
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-        signature = infer_signature(example, pipeline.predict(example))
+        signature = serving_signature(example, pipeline.predict(example))
         logged = mlflow.sklearn.log_model(
             pipeline,
             name="model",
