@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def serving_signature(example: pd.DataFrame, prediction: np.ndarray) -> ModelSig
     from features.contract import STUDENT_COLUMNS
 
     optional = {c.name for c in STUDENT_COLUMNS if not c.required} - set(PRIOR_SCORES)
-    signature = infer_signature(example, prediction)
+    with warnings.catch_warnings():  # integer ids never miss; optional counts are floats (model_input)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(example, prediction)
     inputs = Schema(
         [
             ColSpec(spec.type, spec.name, required=spec.name not in optional)
