@@ -127,10 +127,16 @@ def tune(
 
     for tgt in target:
         data = DataConfig(schools, students, tgt, seed, holdout_schools)
-        try:
-            prepared = prepare(data) if workers == 1 else None
-        except ContractError as err:
-            raise fail("\n".join(str(p) for p in err.problems)) from None
+        if workers > 1:
+            load_or_exit(schools, students)  # fail here, once, rather than in every worker
+            prepared = None
+        else:
+            try:
+                prepared = prepare(data)
+            except ContractError as err:
+                raise fail("\n".join(str(p) for p in err.problems)) from None
+            except ValueError as err:  # e.g. prior-year scores missing for the growth target
+                raise fail(str(err)) from None
         for fam in family:
             config = TuneConfig(
                 data=data,
@@ -186,6 +192,8 @@ def train(
             continue
         except ContractError as err:
             raise fail("\n".join(str(p) for p in err.problems)) from None
+        except (RuntimeError, ValueError) as err:  # nothing tuned yet, or data unfit for the target
+            raise fail(str(err)) from None
         typer.echo(summary["families"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         typer.echo(
             f"champion for {tgt}: {summary['champion_family']} -> {summary['registered_model']} "

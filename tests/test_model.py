@@ -240,3 +240,23 @@ def test_two_parallel_workers_on_postgresql(
     small_district: Path, isolated_stores: Path, postgres_database: str
 ) -> None:
     run_two_workers(small_district, postgres_database)
+
+
+def test_train_before_tune_says_what_to_do(small_district: Path, isolated_stores: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--schools",
+            str(small_district / "schools.csv"),
+            "--students",
+            str(small_district / "students.csv"),
+            "--target",
+            "math",
+            "--storage",
+            f"sqlite:///{isolated_stores / 'empty.db'}",
+            "--no-bento",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "run `growth tune` first" in result.output
