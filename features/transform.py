@@ -54,6 +54,7 @@ SCHOOL_NUMERIC = (
     "school_prior_pct_overall_passing",
 )
 SCHOOL_CATEGORIES = ("school_type", "school_spending_bin", "school_size_bin")
+FALLBACK_KEY = "\x00district fallback"  # starts with a NUL character: no district file names a school so
 SCHOOL_SHARE_OF = ("econ_disadvantaged", "english_learner", "special_education", "prior_days_absent")
 
 
@@ -135,25 +136,34 @@ class SchoolFeatures(BaseEstimator, TransformerMixin):
         known = set(self.school_table_.index)
         return [s for s in pd.unique(X["school_name"]) if s not in known]
 
+    def _school_lookup(self) -> pd.DataFrame:
+        """School table plus the fallback row under ``FALLBACK_KEY``: one reindex serves every
+        record, known school or not (built once per fitted object; the hot path of serving)."""
+        lookup = self.__dict__.get("_lookup")
+        if lookup is None:
+            fallback = pd.DataFrame([self.fallback_], index=[FALLBACK_KEY]).astype(
+                self.school_table_.dtypes.to_dict()
+            )
+            lookup = pd.concat([self.school_table_, fallback])
+            self.__dict__["_lookup"] = lookup
+        return lookup
+
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        out = pd.DataFrame(index=X.index)
+        columns: dict[str, object] = {}
         for col in self.student_columns_:
-            out[col] = X[col] if col in X.columns else np.nan
-        for col in STUDENT_FLAGS:
-            if col in out.columns:
-                out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
-        for col in STUDENT_CATEGORIES:
-            if col in out.columns:  # plain objects with NaN: what the imputer and encoder expect
-                out[col] = out[col].astype(object).where(out[col].notna(), np.nan)
-        out["grade_number"] = grade_number(X["grade"].astype(str))
-        if {"prior_math_score", "prior_reading_score"} <= set(out.columns):
-            out["prior_score_gap"] = out["prior_math_score"] - out["prior_reading_score"]
+            values = X[col] if col in X.columns else pd.Series(np.nan, index=X.index)
+            if col in STUDENT_FLAGS:
+                values = pd.to_numeric(values, errors="coerce").astype(float)
+            elif col in STUDENT_CATEGORIES:  # plain objects with NaN: what the imputer and encoder expect
+                values = values.astype(object).where(values.notna(), np.nan)
+            columns[col] = values
+        columns["grade_number"] = grade_number(X["grade"].astype(str))
+        if {"prior_math_score", "prior_reading_score"} <= set(columns):
+            columns["prior_score_gap"] = columns["prior_math_score"] - columns["prior_reading_score"]
         known = X["school_name"].isin(self.school_table_.index)
-        schools = self.school_table_.reindex(X["school_name"].where(known))
+        schools = self._school_lookup().reindex(X["school_name"].where(known, FALLBACK_KEY).to_numpy())
         schools.index = X.index
-        for col, value in self.fallback_.items():
-            schools[col] = schools[col].where(known, value)
-        out = out.join(schools)
+        out = pd.concat([pd.DataFrame(columns, index=X.index), schools], axis=1)
         leaked = FORBIDDEN.intersection(out.columns)
         if leaked:
             raise AssertionError(f"target-year or identity columns reached the features: {sorted(leaked)}")
