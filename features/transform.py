@@ -44,15 +44,6 @@ FORBIDDEN = frozenset(
         "school_name",
     }
 )
-SCHOOL_NUMERIC = (
-    "school_total_students",
-    "school_per_student_budget",
-    "school_prior_avg_math",
-    "school_prior_avg_reading",
-    "school_prior_pct_passing_math",
-    "school_prior_pct_passing_reading",
-    "school_prior_pct_overall_passing",
-)
 SCHOOL_CATEGORIES = ("school_type", "school_spending_bin", "school_size_bin")
 FALLBACK_KEY = "\x00district fallback"  # starts with a NUL character: no district file names a school so
 SCHOOL_SHARE_OF = ("econ_disadvantaged", "english_learner", "special_education", "prior_days_absent")
@@ -111,6 +102,7 @@ class SchoolFeatures(BaseEstimator, TransformerMixin):
         table = table[table["school_total_students"] > 0]
         self.school_table_ = table
         self.fallback_ = self._district_row(table)
+        self.__dict__.pop("_lookup", None)  # derived from the two above; rebuilt on next transform
         self.student_columns_ = [
             c for c in (*STUDENT_NUMERIC, *STUDENT_FLAGS, *STUDENT_CATEGORIES) if c in X.columns
         ]

@@ -260,3 +260,5 @@ def test_train_before_tune_says_what_to_do(small_district: Path, isolated_stores
     )
     assert result.exit_code == 1
     assert "run `growth tune` first" in result.output
+    use_experiment("math")  # this test's store, not one an earlier test pointed mlflow at
+    assert mlflow.search_runs(search_all_experiments=True).empty  # failed before logging anything

@@ -143,3 +143,20 @@ def test_split_is_deterministic_and_can_hold_out_schools(prepared) -> None:
     train_schools = set(students.iloc[by_school.train]["school_name"])
     assert train_schools.isdisjoint(students.iloc[by_school.test]["school_name"])
     assert train_schools.isdisjoint(students.iloc[by_school.val]["school_name"])
+
+
+def test_refit_replaces_the_cached_school_lookup(prepared) -> None:
+    """A refitted step must not serve the school table of its previous fit."""
+    step = feature_pipeline(prepared.part("train"), prepared.schools).named_steps["school"]
+    train = prepared.part("train")
+    one_school = train[train["school_name"] == train["school_name"].iloc[0]]
+    step.fit(train)
+    before = step.transform(one_school.head(3))
+    few = one_school.head(10)
+    step.fit(few)  # the school's row now comes from these ten students only
+    after = step.transform(one_school.head(3))
+    assert step.unseen_schools(train) != []
+    expected = few["prior_math_score"].mean()
+    assert expected != pytest.approx(one_school["prior_math_score"].mean())
+    assert after["school_prior_avg_math"].tolist() == pytest.approx([expected] * 3)
+    assert before["school_total_students"].iloc[0] == len(one_school)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
@@ -23,7 +24,7 @@ from training.data import DataConfig, Prepared, prepare
 from training.families import BASELINES, FAMILIES, fit_family
 from training.metrics import reduction_pct, scores
 from training.tracking import log_figure, registered_model_name, tracking_uri, use_experiment
-from training.tuning import DEFAULT_STORAGE, TuneConfig, open_study
+from training.tuning import DEFAULT_STORAGE, TuneConfig, open_storage
 
 log = logging.getLogger(__name__)
 HEADLINE_BASELINE = "baseline_linear"
@@ -145,8 +146,8 @@ def study_best(config: TrainConfig, family: str) -> tuple[dict, float] | None:
     tune_config = TuneConfig(
         data=config.data, family=family, storage=config.storage, study_prefix=config.study_prefix
     )
-    try:
-        study = open_study(tune_config)
+    try:  # load, not create: looking must not leave empty studies behind in the storage
+        study = optuna.load_study(study_name=tune_config.study_name, storage=open_storage(config.storage))
         best = study.best_trial
     except (KeyError, ValueError):
         return None
@@ -158,6 +159,16 @@ def study_best(config: TrainConfig, family: str) -> tuple[dict, float] | None:
 def train(config: TrainConfig) -> dict:
     """Fit, compare, register and gate; returns a summary (raises GateFailed after registering)."""
     target = config.data.target
+    tuned = {family: study_best(config, family) for family in config.families}
+    for family, best in tuned.items():
+        if best is None:
+            log.warning(
+                "family %s has no tuned study in %s; skipped (run `growth tune` first)",
+                family,
+                config.storage,
+            )
+    if not any(tuned.values()):
+        raise RuntimeError("no tuned family to train: run `growth tune` first")
     prepared = prepare(config.data)
     use_experiment(target)
     dataset = mlflow.data.from_pandas(
@@ -183,25 +194,12 @@ def train(config: TrainConfig) -> dict:
             mlflow.log_metrics(
                 {**add_reductions(metrics, baselines), "fit_seconds": time.perf_counter() - start}
             )
-    candidates: list[Candidate] = []
-    for family_name in config.families:
-        best = study_best(config, family_name)
-        if best is None:
-            log.warning(
-                "family %s has no tuned study in %s; skipped (run `growth tune` first)",
-                family_name,
-                config.storage,
-            )
-            continue
-        params, tune_seconds = best
-        candidates.append(
-            fit_candidate(prepared, family_name, params, tune_seconds, baselines, common_tags, dataset)
-        )
-    if not candidates:
-        raise RuntimeError("no tuned family to train: run `growth tune` first")
+    candidates = [
+        fit_candidate(prepared, family, params, tune_seconds, baselines, common_tags, dataset)
+        for family, (params, tune_seconds) in ((f, b) for f, b in tuned.items() if b is not None)
+    ]
     champion = min(candidates, key=lambda c: c.metrics["val_rmse"])
-    summary = register_champion(config, prepared, champion, baselines, candidates)
-    return summary
+    return register_champion(config, prepared, champion, baselines, candidates)
 
 
 def fit_candidate(
