@@ -1,7 +1,10 @@
 """The district data contract: every column a district may hand us, in one place.
 
-The validation schema (features/validation.py), the docs table (docs/data.md) and the
-synthetic generator all read this module, so the contract cannot drift between them.
+Two views of one contract: the classic two-table format (``SCHOOL_COLUMNS``, ``STUDENT_COLUMNS``,
+one target year with optional prior-year columns) and the longitudinal records every other format
+is normalised to (``RECORD_KEY_COLUMNS``, ``ATTRIBUTE_COLUMNS``, ``ENGAGEMENT_COLUMNS``; see
+docs/architecture.md). Validation, ingestion, the docs tables, the model-input schema and the
+synthetic generators all read this module, so the contract cannot drift between them.
 """
 
 from __future__ import annotations
@@ -9,8 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GRADES: tuple[str, ...] = ("9th", "10th", "11th", "12th")
+# The classic format's grade order as a district config sees it: "8th" only appears as the prior year
+# reconstructed from the prior-score columns of 9th graders.
+CLASSIC_GRADES: tuple[str, ...] = ("8th", *GRADES)
 SCHOOL_TYPES: tuple[str, ...] = ("District", "Charter")
 GENDERS: tuple[str, ...] = ("M", "F")
+# Longitudinal records also accept X (non-binary), as many state exports now do.
+RECORD_GENDERS: tuple[str, ...] = ("F", "M", "X")
 PARENTAL_EDUCATION: tuple[str, ...] = (
     "less_than_high_school",
     "high_school",
@@ -155,3 +163,122 @@ def columns_markdown(columns: tuple[Column, ...]) -> str:
             f"| {col.meaning} |"
         )
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Longitudinal records (long and wide formats): one row per student, subject and school year.
+# ----------------------------------------------------------------------------------------------
+
+RECORD_KEY_COLUMNS: tuple[Column, ...] = (
+    Column("student_id", "str", "Student identifier; text, leading zeros kept."),
+    Column("school_year", "year", "School year: 2023, '2022-2023' or '2022-23' (the year it ends)."),
+    Column("subject", "str", "Content area; mapped to a subject by the config's codes (long format)."),
+    Column("grade", "grade", "Grade when assessed; one of the config's grade codes."),
+    Column("scale_score", "float", "Scale score, within the subject's declared scale (long format)."),
+    Column("achievement_level", "category", "Achievement level name.", required=False),
+    Column("school_id", "str", "School identifier of that year's record."),
+    Column("school_name", "str", "School name.", required=False),
+    Column("district", "str", "District (LEA) name; several districts may share a file.", required=False),
+    Column(
+        "valid_case", "bool", "Whether the record is a valid case; invalid ones are dropped.", required=False
+    ),
+)
+
+# Known when the school year starts: a growth pair takes them from the target year's record.
+ATTRIBUTE_COLUMNS: tuple[Column, ...] = (
+    Column("gender", "category", "Gender as recorded.", required=False, allowed=RECORD_GENDERS),
+    Column(
+        "econ_disadvantaged",
+        "bool",
+        "Economically disadvantaged (free or reduced-price lunch).",
+        required=False,
+    ),
+    Column("english_learner", "bool", "English learner status.", required=False),
+    Column("special_education", "bool", "Has an individualised education programme.", required=False),
+    Column(
+        "parental_education",
+        "category",
+        "Highest education of a parent or guardian.",
+        required=False,
+        allowed=PARENTAL_EDUCATION,
+    ),
+    Column("home_internet", "bool", "Has broadband internet at home.", required=False),
+    Column(
+        "commute_minutes", "float", "One-way commute to school in minutes.", required=False, min=0, max=240
+    ),
+)
+
+# Measured during the school year: a growth pair takes them from the PRIOR year's record (prior_*).
+ENGAGEMENT_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "days_absent",
+        "int",
+        "Days absent in that school year (at most the config's school_days).",
+        required=False,
+        min=0,
+    ),
+    Column(
+        "homework_completion_pct",
+        "float",
+        "Share of homework handed in that year, percent.",
+        required=False,
+        min=0,
+        max=100,
+    ),
+    Column(
+        "extracurricular_count", "int", "Extracurricular activities that year.", required=False, min=0, max=20
+    ),
+    Column(
+        "platform_logins_per_week",
+        "float",
+        "Average weekly logins to the learning platform that year.",
+        required=False,
+        min=0,
+        max=100,
+    ),
+)
+
+RECORD_SCHOOL_COLUMNS: tuple[Column, ...] = (
+    Column("school_id", "str", "School identifier, as in the records."),
+    Column("school_name", "str", "School name.", required=False),
+    Column("type", "category", "Governance type.", required=False, allowed=SCHOOL_TYPES),
+    Column(
+        "size",
+        "int",
+        "Enrolment as reported (reports count students from the records).",
+        required=False,
+        min=0,
+    ),
+    Column("budget", "float", "Total annual budget in dollars.", required=False, min=0),
+    Column("level", "str", "School level (e.g. Elementary, Middle, High).", required=False),
+)
+
+FLAG_COLUMNS: tuple[str, ...] = tuple(c.name for c in ATTRIBUTE_COLUMNS if c.kind == "bool")
+
+
+def score_column(subject: str) -> str:
+    """Scale score of a subject in the student-year table."""
+    return f"score_{subject}"
+
+
+def level_column(subject: str) -> str:
+    return f"level_{subject}"
+
+
+def proficient_column(subject: str) -> str:
+    return f"proficient_{subject}"
+
+
+def prior_score_column(subject: str, years_back: int = 1) -> str:
+    """The subject's score one (``prior_math_score``) or two (``prior2_math_score``) years back."""
+    return f"prior_{subject}_score" if years_back == 1 else f"prior{years_back}_{subject}_score"
+
+
+def growth_column(subject: str) -> str:
+    """Target of the growth model: target-year score minus prior-year score."""
+    return f"{subject}_growth"
+
+
+def prior_engagement_column(name: str) -> str:
+    """Engagement of the year before the target year, as a model input (``prior_days_absent``)."""
+    return f"prior_{name}"

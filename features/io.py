@@ -1,4 +1,6 @@
-"""Reading a district from CSV or Parquet into validated frames (raw data -> validated).
+"""Reading the classic two-table format from CSV or Parquet into validated frames (raw -> validated).
+
+``features.classic`` turns these frames into the student-year table every other format becomes.
 
 Real district exports are messy: a UTF-8 byte-order mark, an index column saved by accident,
 stray spaces. Those are tolerated with a warning; anything that changes meaning is an error.
@@ -21,8 +23,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
-class District:
-    """A validated district: contract column names and types, plus what was tolerated."""
+class ClassicTables:
+    """The two classic tables, validated: contract column names and types, plus what was tolerated."""
 
     schools: pd.DataFrame
     students: pd.DataFrame
@@ -122,7 +124,7 @@ def cross_check(
     return problems, warnings
 
 
-def load_district(schools_path: Path | str, students_path: Path | str) -> District:
+def load_classic_tables(schools_path: Path | str, students_path: Path | str) -> ClassicTables:
     """Load and validate both tables; raise ContractError with every problem, log what was tolerated."""
     schools_path, students_path = Path(schools_path), Path(students_path)
     problems: list[Problem] = []
@@ -148,4 +150,4 @@ def load_district(schools_path: Path | str, students_path: Path | str) -> Distri
     warnings = tuple(notes + cross_warnings)
     for message in warnings:
         log.warning(message)
-    return District(schools=frames["schools"], students=frames["students"], warnings=warnings)
+    return ClassicTables(schools=frames["schools"], students=frames["students"], warnings=warnings)

@@ -1,9 +1,9 @@
-"""School-level aggregates: the one piece of code behind the school summary report and the
-school features of the growth model.
+"""School-level aggregates: the one piece of code behind the school summary report and the school
+features of the growth model.
 
-The reports call it on the target-year scores; the model calls it on the prior-year scores
-(never the target year, which would leak the target). Both get the same definitions of
-per-student budget, pass rates and bins.
+The reports call it on the report year's student rows; the model calls it on each target year's
+PRIOR year (never the target year, which would leak the target). Both get the same definitions of
+enrolment (counted from the records), per-student budget, % proficient, bins and means.
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-PASS_MARK = 70.0
+from features.contract import growth_column, proficient_column, score_column
+
 SPENDING_BINS: tuple[float, ...] = (0, 585, 630, 645, 680)
 SPENDING_LABELS: tuple[str, ...] = ("<$585", "$585-630", "$630-645", "$645-680")
 SIZE_BINS: tuple[float, ...] = (0, 1000, 2000, 5000)
 SIZE_LABELS: tuple[str, ...] = ("Small (<1000)", "Medium (1000-2000)", "Large (2000-5000)")
 OUTSIDE_BINS = "outside bins"
+# Student columns whose school means are model features (when present).
+SCHOOL_SHARES = ("econ_disadvantaged", "english_learner", "special_education", "days_absent")
 
 
 @dataclass(frozen=True)
 class AggregateConfig:
-    """Pass mark and bin edges; the defaults are those of the standard district analysis."""
+    """Bin edges and labels; the defaults are those of the standard district analysis."""
 
-    pass_mark: float = PASS_MARK
     spending_bins: Sequence[float] = SPENDING_BINS
     spending_labels: Sequence[str] = SPENDING_LABELS
     size_bins: Sequence[float] = SIZE_BINS
@@ -46,78 +48,164 @@ def bin_values(values: pd.Series, edges: Sequence[float], labels: Sequence[str])
     )
 
 
+def overall_proficient(students: pd.DataFrame, subjects: Sequence[str]) -> pd.Series:
+    """1 when proficient in every subject, 0 when not, NaN when a subject was not tested: "% overall"
+    counts only students with a result in every subject (the classic "passing both")."""
+    flags = students[[proficient_column(s) for s in subjects]].to_numpy(dtype=float)
+    every = np.where(np.isnan(flags).any(axis=1), np.nan, flags.min(axis=1) if flags.size else np.nan)
+    return pd.Series(every, index=students.index)
+
+
 def school_aggregates(
     students: pd.DataFrame,
-    schools: pd.DataFrame,
-    math_col: str = "math_score",
-    reading_col: str = "reading_score",
+    schools: pd.DataFrame | None,
+    subjects: Sequence[str],
     config: AggregateConfig = AggregateConfig(),
 ) -> pd.DataFrame:
-    """One row per school (index ``school_name``) with type, enrolment, budget, per-student
-    budget, average scores, pass rates (percent, 0-100) and the spending and size bins.
+    """One row per school (index ``school_id``): name, type and level (when the schools table has them),
+    students counted from the records, budget and per-student budget (when known), and per subject the
+    average scale score and % proficient (0-100), % proficient in every subject, the size and spending
+    bins, and ``mean_<column>`` of each ``config.extra_means`` column.
 
-    Total students is counted from the student table, not the schools' ``size`` column,
-    which districts often leave stale. Schools without students keep a row with zero students.
+    Schools of the schools table without students keep a row with zero students and NaN figures.
     """
-    math_pass = students[math_col] >= config.pass_mark
-    reading_pass = students[reading_col] >= config.pass_mark
-    scored = pd.DataFrame(
-        {
-            "school_name": students["school_name"],
-            "avg_math": students[math_col],
-            "avg_reading": students[reading_col],
-            "pct_passing_math": math_pass * 100.0,
-            "pct_passing_reading": reading_pass * 100.0,
-            "pct_overall_passing": (math_pass & reading_pass) * 100.0,
-            **{f"mean_{col}": students[col].astype(float) for col in config.extra_means},
-        }
-    )
-    grouped = scored.groupby("school_name", sort=True)
+    scored: dict[str, object] = {"school_id": students["school_id"].astype(str).to_numpy()}
+    for subject in subjects:
+        scored[f"avg_{subject}"] = students[score_column(subject)].to_numpy(dtype=float)
+        scored[f"pct_proficient_{subject}"] = (
+            students[proficient_column(subject)].to_numpy(dtype=float) * 100.0
+        )
+    scored["pct_overall_proficient"] = overall_proficient(students, subjects).to_numpy() * 100.0
+    for column in config.extra_means:
+        scored[f"mean_{column}"] = students[column].to_numpy(dtype=float)
+    grouped = pd.DataFrame(scored).groupby("school_id", sort=True)
     means = grouped.mean()
     counts = grouped.size().rename("total_students")
-    base = schools.set_index("school_name")[["type", "budget"]].rename(
-        columns={"type": "school_type", "budget": "total_budget"}
+    names = (
+        pd.Series(students["school_name"].astype(str).to_numpy(), index=scored["school_id"])
+        .groupby(level=0)
+        .first()
+        .rename("school_name")
     )
-    out = base.join(counts, how="left").join(means, how="left")
+    out = pd.concat([names, counts], axis=1)
+    if schools is not None:
+        base = schools.set_index("school_id")
+        out = out.reindex(out.index.union(base.index))
+        if "school_name" in base:
+            out["school_name"] = out["school_name"].fillna(base["school_name"])
+        for source, target in (
+            ("type", "school_type"),
+            ("level", "school_level"),
+            ("budget", "total_budget"),
+        ):
+            if source in base:
+                out[target] = base[source].reindex(out.index)
+    out["school_name"] = out["school_name"].fillna(pd.Series(out.index, index=out.index))
     out["total_students"] = out["total_students"].fillna(0).astype(int)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out["per_student_budget"] = out["total_budget"] / out["total_students"].replace(0, np.nan)
-    out["spending_bin"] = bin_values(out["per_student_budget"], config.spending_bins, config.spending_labels)
+    out = out.join(means, how="left")
+    if "total_budget" in out:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["per_student_budget"] = out["total_budget"] / out["total_students"].replace(0, np.nan)
+        out["spending_bin"] = bin_values(
+            out["per_student_budget"], config.spending_bins, config.spending_labels
+        )
     out["size_bin"] = bin_values(out["total_students"].astype(float), config.size_bins, config.size_labels)
-    out.index.name = "school_name"
-    ordered = [
-        "school_type",
-        "total_students",
-        "total_budget",
-        "per_student_budget",
-        "avg_math",
-        "avg_reading",
-        "pct_passing_math",
-        "pct_passing_reading",
-        "pct_overall_passing",
-        "spending_bin",
-        "size_bin",
-    ]
-    return out[ordered + [c for c in out.columns if c not in ordered]].sort_index()
+    out.index.name = "school_id"
+    return out.sort_index()
 
 
-def district_totals(
-    students: pd.DataFrame,
-    schools: pd.DataFrame,
-    math_col: str = "math_score",
-    reading_col: str = "reading_score",
-    pass_mark: float = PASS_MARK,
-) -> dict[str, float]:
-    """District-wide figures (student-weighted); also the fallback for unseen schools at serving."""
-    math_pass = students[math_col] >= pass_mark
-    reading_pass = students[reading_col] >= pass_mark
-    return {
-        "total_schools": int(schools["school_name"].nunique()),
+def district_totals(students: pd.DataFrame, schools: pd.DataFrame | None, subjects: Sequence[str]) -> dict:
+    """District-wide figures, student-weighted; % overall counts students tested in every subject."""
+    totals: dict[str, float] = {
+        "total_schools": int(
+            schools["school_id"].nunique() if schools is not None else students["school_id"].nunique()
+        ),
         "total_students": int(len(students)),
-        "total_budget": float(schools["budget"].sum()),
-        "avg_math": float(students[math_col].mean()),
-        "avg_reading": float(students[reading_col].mean()),
-        "pct_passing_math": float(math_pass.mean() * 100.0),
-        "pct_passing_reading": float(reading_pass.mean() * 100.0),
-        "pct_overall_passing": float((math_pass & reading_pass).mean() * 100.0),
     }
+    if schools is not None and "budget" in schools:
+        totals["total_budget"] = float(schools["budget"].sum())
+    for subject in subjects:
+        totals[f"avg_{subject}"] = float(np.nanmean(students[score_column(subject)].to_numpy(dtype=float)))
+        totals[f"pct_proficient_{subject}"] = float(
+            np.nanmean(students[proficient_column(subject)].to_numpy(dtype=float)) * 100.0
+        )
+    totals["pct_overall_proficient"] = float(np.nanmean(overall_proficient(students, subjects)) * 100.0)
+    return totals
+
+
+# ----------------------------------------------------------------------------------------------
+# The model's school features: aggregates of each school year, looked up for the year after
+# ----------------------------------------------------------------------------------------------
+
+
+def z_column(subject: str) -> str:
+    return f"z_{subject}"
+
+
+def within_grade_z(students: pd.DataFrame, subjects: Sequence[str]) -> pd.DataFrame:
+    """``z_<subject>`` = (score - mean) / SD over every score of that subject, grade and school year
+    (population SD): comparable across grades on any scale, the same definition as the synthetic
+    generator's truth uses."""
+    keys = [students["school_year"].to_numpy(), students["grade"].cat.codes.to_numpy()]
+    out = {}
+    for subject in subjects:
+        score = students[score_column(subject)].astype(float)
+        grouped = score.groupby(keys)
+        mean = grouped.transform("mean")
+        sd = grouped.transform("std", ddof=0)
+        out[z_column(subject)] = ((score - mean) / sd.replace(0, np.nan)).astype(np.float32)
+    return pd.DataFrame(out, index=students.index)
+
+
+def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list[str]:
+    """The aggregate columns of ``school_year_table`` the model uses (none uses target-year data)."""
+    columns = ["total_students", "per_student_budget"]
+    for subject in subjects:
+        columns += [
+            f"mean_{z_column(subject)}",
+            f"pct_proficient_{subject}",
+            f"mean_{growth_column(subject)}",
+        ]
+    columns += [f"mean_{c}" for c in SCHOOL_SHARES]
+    return [c for c in columns if c in table.columns]
+
+
+def school_year_table(
+    students: pd.DataFrame,
+    schools: pd.DataFrame | None,
+    subjects: Sequence[str],
+    pairs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """School aggregates of every school year, index (school_id, school_year): within-grade z, %
+    proficient, mean growth (of that year's pairs), shares of student groups, enrolment, and the
+    schools table's type, level and per-student budget. The model joins year t-1's row to a target
+    year t pair, so nothing here is ever computed from the target year."""
+    frame = students.join(within_grade_z(students, subjects))
+    for subject in subjects:
+        frame[growth_column(subject)] = np.nan
+    if pairs is not None:
+        # Pairs come from this table, so they are matched by (student, year); only comparable growth
+        # (pairs that enter the growth models) counts towards a school's mean growth.
+        key = pd.MultiIndex.from_arrays(
+            [students["student_id"].astype(str), students["school_year"].astype(int)]
+        )
+        pair_key = pd.MultiIndex.from_arrays(
+            [pairs["student_id"].astype(str), pairs["school_year"].astype(int)]
+        )
+        position = pair_key.get_indexer(key)
+        found = position >= 0
+        for subject in subjects:
+            growth = pairs[growth_column(subject)].to_numpy(dtype=float)
+            comparable = pairs[f"pair_status_{subject}"].isin(["ok", "school_changed"]).to_numpy()
+            values = np.where(comparable, growth, np.nan)
+            column = np.full(len(frame), np.nan)
+            column[found] = values[position[found]]
+            frame[growth_column(subject)] = column
+    extra = [z_column(s) for s in subjects] + [growth_column(s) for s in subjects]
+    extra += [c for c in SCHOOL_SHARES if c in frame]
+    parts = []
+    for year, rows in frame.groupby("school_year", sort=True):
+        table = school_aggregates(rows, schools, subjects, AggregateConfig(extra_means=tuple(extra)))
+        table = table[table["total_students"] > 0]
+        parts.append(table.assign(school_year=int(year)).set_index("school_year", append=True))
+    return pd.concat(parts)

@@ -1,50 +1,98 @@
-"""Deterministic train / validation / test split, by student or by whole school."""
+"""Deterministic train / validation / calibration / test parts of the growth pairs.
+
+* ``future`` (default with two or more target years): the latest target year is the test year, as a
+  district uses the model to forecast next year; earlier year pairs are cut into train (tuning and
+  fitting), validation (early stopping, tuning, model selection) and calibration (prediction
+  intervals and probability calibration only: it takes no part in tuning or selection).
+* ``random``: every year pair is shuffled into the four parts (the only choice with one target year,
+  e.g. the classic format).
+
+Parts are drawn by student (or by school with ``holdout_schools``), so one student's pairs of
+several years never sit on both sides of a cut.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
+PARTS = ("train", "val", "cal", "test")
+VAL_FRAC = 0.15
+CAL_FRAC = 0.15
+TEST_FRAC = 0.15
+
 
 @dataclass(frozen=True)
 class Split:
-    """Positional row indices of each part."""
+    """Positional row indices of each part, and how they were drawn."""
 
     train: np.ndarray
     val: np.ndarray
+    cal: np.ndarray
     test: np.ndarray
+    scheme: str
+    test_years: tuple[int, ...]
+
+    def describe(self) -> str:
+        years = ", ".join(str(y) for y in self.test_years)
+        if self.scheme.startswith("future"):
+            return (
+                f"leave-future-out: trained on year pairs before {years}, tested on the pairs of "
+                f"{years} ({len(self.test):,} students)"
+            )
+        return f"{self.scheme}: {len(self.test):,} test students drawn at random from years {years}"
 
 
-def split_rows(
-    students: pd.DataFrame,
+def _groups(pairs: pd.DataFrame, holdout_schools: bool) -> np.ndarray:
+    column = "school_id" if holdout_schools else "student_id"
+    return pd.factorize(pairs[column].astype(str), sort=True)[0]
+
+
+def _cut(groups: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Assign whole groups to parts at random in the given proportions; returns sorted row positions."""
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    order = np.random.default_rng(seed).permutation(n_groups)
+    edges = np.cumsum([0.0, *fractions.values()]) * n_groups
+    part_of_group = np.empty(n_groups, dtype=np.int8)
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        part_of_group[order[int(round(lo)) : int(round(hi))]] = i
+    part = part_of_group[groups]
+    return {name: np.flatnonzero(part == i) for i, name in enumerate(fractions)}
+
+
+def split_pairs(
+    pairs: pd.DataFrame,
     seed: int = 42,
-    val_frac: float = 0.15,
-    test_frac: float = 0.15,
+    scheme: Literal["future", "random"] = "future",
     holdout_schools: bool = False,
 ) -> Split:
-    """Shuffle students (or schools, so val/test schools are unseen in training) by seed and cut."""
-    if not 0 < val_frac < 1 or not 0 < test_frac < 1 or val_frac + test_frac >= 1:
-        raise ValueError("val_frac and test_frac must be in (0, 1) and sum to less than 1")
-    rng = np.random.default_rng(seed)
-    if holdout_schools:
-        schools = np.sort(students["school_name"].unique())
-        if len(schools) < 3:
-            raise ValueError("holding out schools needs at least 3 schools")
-        order = rng.permutation(schools)
-        n_test = max(1, round(len(order) * test_frac))
-        n_val = max(1, round(len(order) * val_frac))
-        part = pd.Series("train", index=order)
-        part.iloc[:n_test] = "test"
-        part.iloc[n_test : n_test + n_val] = "val"
-        labels = students["school_name"].map(part).to_numpy()
-        return Split(*(np.flatnonzero(labels == name) for name in ("train", "val", "test")))
-    order = rng.permutation(len(students))
-    n_test = round(len(order) * test_frac)
-    n_val = round(len(order) * val_frac)
-    return Split(
-        train=np.sort(order[n_test + n_val :]),
-        val=np.sort(order[n_test : n_test + n_val]),
-        test=np.sort(order[:n_test]),
-    )
+    """Cut usable pairs of one subject into train/val/cal/test (see the module docstring)."""
+    if len(pairs) < 20:
+        raise ValueError(
+            f"{len(pairs)} growth pairs are too few to split into train, validation, "
+            "calibration and test parts"
+        )
+    years = np.asarray(pairs["school_year"], dtype=np.int64)
+    target_years = sorted(set(years.tolist()))
+    groups = _groups(pairs, holdout_schools)
+    if holdout_schools and groups.max() + 1 < 4:
+        raise ValueError("holding out schools needs at least 4 schools")
+    label = "holdout-schools" if holdout_schools else "by student"
+    if scheme == "future" and len(target_years) >= 2:
+        test_year = target_years[-1]
+        past = np.flatnonzero(years < test_year)
+        rest = 1.0 - VAL_FRAC - CAL_FRAC
+        parts = _cut(groups[past], {"train": rest, "val": VAL_FRAC, "cal": CAL_FRAC}, seed)
+        test = np.flatnonzero(years == test_year)
+        if holdout_schools:  # test schools must be unseen too: drop test rows of schools in the past parts
+            seen = np.unique(groups[past[parts["train"]]])
+            test = test[~np.isin(groups[test], seen)]
+        return Split(
+            *(past[parts[p]] for p in ("train", "val", "cal")), test, f"future ({label})", (test_year,)
+        )
+    rest = 1.0 - VAL_FRAC - CAL_FRAC - TEST_FRAC
+    parts = _cut(groups, {"train": rest, "val": VAL_FRAC, "cal": CAL_FRAC, "test": TEST_FRAC}, seed)
+    return Split(*(parts[p] for p in PARTS), f"random ({label})", tuple(target_years))

@@ -1,214 +1,334 @@
-"""The model's feature transform (validated students -> model matrix), fitted once and saved
-inside every model so training and serving apply exactly the same code.
+"""The model's feature transform (model-input records -> float32 matrix), fitted once on the training
+pairs and saved inside every model, so training, batch scoring and serving run exactly this code.
 
-Two steps: ``SchoolFeatures`` joins school aggregates of the prior-year scores (computed by
-features.school_aggregates, the code behind the school summary report) and ``encoder`` scales
-numbers and one-hot encodes categories. Target-year scores never enter: the transform drops
-them explicitly, so a leak would need a change here, where tests look.
+It is columnar numpy: the same function turns one HTTP record or a million rows into features,
+so the served numbers equal the batch numbers by construction and a single record costs tens of
+microseconds. School features are the school's aggregates of the year BEFORE the target year
+(``features.school_aggregates.school_year_table``), looked up by (school, year); a school or year
+the model never saw gets that year's district row, and ``unseen_school`` says so.
+
+Models saved by release 0.1.0 pickled ``features.transform.SchoolFeatures``; it is re-exported from
+``features.legacy_transform`` so they still load.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from features.contract import GRADES, TARGETS
-from features.school_aggregates import AggregateConfig, school_aggregates
-
-STUDENT_NUMERIC = (
-    "prior_math_score",
-    "prior_reading_score",
-    "prior_days_absent",
-    "homework_completion_pct",
-    "extracurricular_count",
-    "platform_logins_per_week",
-    "commute_minutes",
+from features.contract import (
+    ENGAGEMENT_COLUMNS,
+    PARENTAL_EDUCATION,
+    RECORD_GENDERS,
+    SCHOOL_TYPES,
+    prior_engagement_column,
+    prior_score_column,
 )
-STUDENT_FLAGS = ("econ_disadvantaged", "english_learner", "special_education", "home_internet")
-STUDENT_CATEGORIES = ("gender", "grade", "parental_education")
-PRIOR_SCORES = ("prior_math_score", "prior_reading_score")
-# Columns that must never be features: target-year scores, targets, identity and names.
-FORBIDDEN = frozenset(
-    {
-        "math_score",
-        "reading_score",
-        "math_growth",
-        "reading_growth",
-        "student_name",
-        "student_id",
-        "school_name",
-    }
-)
-SCHOOL_CATEGORIES = ("school_type", "school_spending_bin", "school_size_bin")
-FALLBACK_KEY = "\x00district fallback"  # starts with a NUL character: no district file names a school so
-SCHOOL_SHARE_OF = ("econ_disadvantaged", "english_learner", "special_education", "prior_days_absent")
+from features.legacy_transform import SchoolFeatures  # noqa: F401  (models saved by release 0.1.0)
+from features.school_aggregates import SCHOOL_SHARES, z_column
+
+FLAGS = ("econ_disadvantaged", "english_learner", "special_education", "home_internet")
+NUMERIC_ATTRIBUTES = ("commute_minutes",)
+ENGAGEMENT = tuple(prior_engagement_column(c.name) for c in ENGAGEMENT_COLUMNS)
+SMALL_BATCH = 64  # below this, dictionary lookups beat pandas' vectorised ones
 
 
-def grade_number(grade: pd.Series) -> pd.Series:
-    """'9th' -> 9.0; unknown grades become NaN and are imputed downstream."""
-    return grade.map({g: float(g.rstrip("thTH")) for g in GRADES})
+def model_input_columns(subjects: Sequence[str]) -> list[str]:
+    """Every column a growth or support model accepts, in a fixed order (the model-input schema)."""
+    priors = [prior_score_column(s, k) for k in (1, 2) for s in subjects]
+    return [
+        "school_id",
+        "school_year",
+        "grade",
+        *priors,
+        "gender",
+        *FLAGS,
+        "parental_education",
+        *NUMERIC_ATTRIBUTES,
+        *ENGAGEMENT,
+    ]
 
 
-def school_prior_table(students: pd.DataFrame, schools: pd.DataFrame) -> pd.DataFrame:
-    """School features from prior-year data only, via the shared school aggregate code."""
-    extra = tuple(c for c in SCHOOL_SHARE_OF if c in students.columns)
-    agg = school_aggregates(
-        students,
-        schools,
-        math_col="prior_math_score",
-        reading_col="prior_reading_score",
-        config=AggregateConfig(extra_means=extra),
-    )
-    renamed = agg.rename(
-        columns={
-            "total_students": "school_total_students",
-            "per_student_budget": "school_per_student_budget",
-            "avg_math": "school_prior_avg_math",
-            "avg_reading": "school_prior_avg_reading",
-            "pct_passing_math": "school_prior_pct_passing_math",
-            "pct_passing_reading": "school_prior_pct_passing_reading",
-            "pct_overall_passing": "school_prior_pct_overall_passing",
-            "spending_bin": "school_spending_bin",
-            "size_bin": "school_size_bin",
-            **{f"mean_{c}": f"school_mean_{c}" for c in extra},
-        }
-    )
-    renamed["school_total_students"] = renamed["school_total_students"].astype(float)
-    for col in ("school_type", "school_spending_bin", "school_size_bin"):
-        renamed[col] = renamed[col].astype(str)
-    return renamed.drop(columns=["total_budget"])
+def _column(X: Any, name: str, n: int) -> np.ndarray | None:
+    """A column as a numpy array, or None when absent (batch frames and record dicts alike)."""
+    if isinstance(X, pd.DataFrame):
+        if name not in X.columns:
+            return None
+        values = X[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            return np.asarray(values.astype(object))
+        return values.to_numpy()
+    values = X.get(name)
+    return None if values is None else np.asarray(values)
 
 
-class SchoolFeatures(BaseEstimator, TransformerMixin):
-    """Adds student-level derived features and the school aggregate columns.
+def _floats(values: np.ndarray | None, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan)
+    if values.dtype == object:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+    return values.astype(float, copy=False)
 
-    ``fit`` computes the school table from the training students (prior-year data only) and a
-    district-level fallback row; both are stored, so the fitted object is all serving needs.
-    Schools unknown at fit time get the fallback, and ``unseen_schools`` names them.
+
+@dataclass(frozen=True)
+class Lookup:
+    """Text -> position, by dictionary for a few values and by a pandas Index for many (same result)."""
+
+    index: pd.Index
+    mapping: dict[str, int]
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> Lookup:
+        keys = [str(v) for v in values]
+        return cls(pd.Index(keys), {k: i for i, k in enumerate(keys)})
+
+    def positions(self, values: np.ndarray | None, n: int) -> np.ndarray:
+        if values is None:
+            return np.full(n, -1, dtype=np.int64)
+        if len(values) < SMALL_BATCH:
+            return np.array(
+                [self.mapping.get(str(v), -1) if v is not None else -1 for v in values], dtype=np.int64
+            )
+        text = pd.Index(pd.Series(values, dtype=object).astype(str).where(pd.notna(values), "\x00"))
+        return self.index.get_indexer(text).astype(np.int64)
+
+
+class GrowthTransform(BaseEstimator, TransformerMixin):
+    """Model-input records -> standardised float32 features; see the module docstring.
+
+    ``fit`` learns medians for imputation, per-grade moments of the prior scores (for within-grade
+    z-scores), the categories, the school-year table with a district row per year, and the mean
+    and scale of every output column.
     """
 
-    def __init__(self, schools: pd.DataFrame | None = None):
-        self.schools = schools
+    def __init__(
+        self,
+        subjects: Sequence[str] = (),
+        grades: Sequence[str] = (),
+        school_table: pd.DataFrame | None = None,
+        school_columns: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ):
+        self.subjects = subjects
+        self.grades = grades
+        self.school_table = school_table
+        self.school_columns = school_columns
+        self.exclude = exclude
 
-    def fit(self, X: pd.DataFrame, y: object = None) -> SchoolFeatures:
-        if self.schools is None:
-            raise ValueError("SchoolFeatures needs the schools table (school_name, type, size, budget)")
-        table = school_prior_table(X, self.schools)
-        table = table[table["school_total_students"] > 0]
-        self.school_table_ = table
-        self.fallback_ = self._district_row(table)
-        self.__dict__.pop("_lookup", None)  # derived from the two above; rebuilt on next transform
-        self.student_columns_ = [
-            c for c in (*STUDENT_NUMERIC, *STUDENT_FLAGS, *STUDENT_CATEGORIES) if c in X.columns
-        ]
-        missing = [c for c in PRIOR_SCORES if c not in X.columns]
-        if missing:
-            raise ValueError(f"the growth model needs the prior-year score columns; missing {missing}")
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: pd.DataFrame, y: object = None) -> GrowthTransform:
+        if self.school_table is None:
+            raise ValueError("GrowthTransform needs the school-year table (features.school_aggregates)")
+        n = len(X)
+        self.subjects_ = list(self.subjects)
+        self.grade_lookup_ = Lookup.of(self.grades)
+        self.gender_lookup_ = Lookup.of(RECORD_GENDERS)
+        self.parent_lookup_ = Lookup.of(PARENTAL_EDUCATION)
+        self._fit_schools()
+        grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
+        self.prior_moments_ = {}
+        self.medians_ = {}
+        for subject in self.subjects_:
+            for back in (1, 2):
+                column = prior_score_column(subject, back)
+                values = _floats(_column(X, column, n), n)
+                self.medians_[column] = _nanmedian(values)
+                self.prior_moments_[column] = grade_moments(values, grade - back, len(self.grades))
+            gain = _floats(_column(X, prior_score_column(subject), n), n) - _floats(
+                _column(X, prior_score_column(subject, 2), n), n
+            )
+            self.medians_[f"gain_{subject}"] = _nanmedian(gain)
+        for column in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT):
+            values = _floats(_column(X, column, n), n)
+            self.medians_[column] = _nanmean(values) if column in FLAGS else _nanmedian(values)
+        parent = self.parent_lookup_.positions(_column(X, "parental_education", n), n).astype(float)
+        self.medians_["parental_education"] = _nanmedian(np.where(parent < 0, np.nan, parent))
+        self.default_year_ = int(self.school_years_[-1]) + 1
+        raw = self._raw(X)
+        self.mean_ = raw.mean(axis=0).astype(np.float32)
+        scale = raw.std(axis=0)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
         return self
 
-    @staticmethod
-    def _district_row(table: pd.DataFrame) -> pd.Series:
-        """Student-weighted district means (mode for categories): the row for an unseen school."""
-        weights = table["school_total_students"]
-        row = {}
-        for col in table.columns:
-            if pd.api.types.is_numeric_dtype(table[col]):
-                row[col] = float(np.average(table[col], weights=weights))
-            else:
-                row[col] = table[col].mode().iloc[0]
-        return pd.Series(row)
+    def _fit_schools(self) -> None:
+        """The school-year table as a float32 matrix with one district row per year, and lookups."""
+        table = self.school_table
+        numeric = [c for c in self.school_columns if c in table.columns]
+        self.school_numeric_ = numeric
+        self.school_types_ = list(SCHOOL_TYPES) if "school_type" in table else []
+        levels = (
+            table["school_level"].dropna().astype(str).unique().tolist() if "school_level" in table else []
+        )
+        self.school_levels_ = sorted(levels)
+        values = table[numeric].to_numpy(dtype=float)
+        self.school_fill_ = np.array([_nanmedian(values[:, j]) for j in range(len(numeric))])
+        blocks, keys, fallback, years = [], [], [], []
+        for year, rows in table.groupby(level="school_year", sort=True):
+            block = self._school_block(rows, numeric)
+            blocks.append(block)
+            keys += [f"{school}\x1f{year}" for school in rows.index.get_level_values("school_id")]
+            fallback.append(np.average(block, axis=0, weights=rows["total_students"].to_numpy(dtype=float)))
+            years.append(int(year))
+        self.school_years_ = years
+        self.school_matrix_ = np.vstack([*blocks, *fallback]).astype(np.float32)
+        self.school_lookup_ = Lookup.of(keys)
+        self.fallback_row_ = {year: len(keys) + i for i, year in enumerate(years)}
+        self.known_schools_ = frozenset(table.index.get_level_values("school_id").astype(str))
 
-    def unseen_schools(self, X: pd.DataFrame) -> list[str]:
-        """Schools in X that the model never saw, in order of first appearance."""
-        known = set(self.school_table_.index)
-        return [s for s in pd.unique(X["school_name"]) if s not in known]
+    def _school_block(self, table: pd.DataFrame, numeric: Sequence[str]) -> np.ndarray:
+        values = table[numeric].to_numpy(dtype=float)
+        missing = np.isnan(values)
+        values = np.where(missing, self.school_fill_, values)
+        parts = [values, missing.any(axis=1, keepdims=True).astype(float)]
+        if self.school_types_:
+            kind = table["school_type"].astype(str).to_numpy()
+            parts.append(np.column_stack([kind == t for t in self.school_types_]).astype(float))
+        if self.school_levels_:
+            level = table["school_level"].astype(str).to_numpy()
+            parts.append(np.column_stack([level == v for v in self.school_levels_]).astype(float))
+        return np.hstack(parts)
 
-    def _school_lookup(self) -> pd.DataFrame:
-        """School table plus the fallback row under ``FALLBACK_KEY``: one reindex serves every
-        record, known school or not (built once per fitted object; the hot path of serving)."""
-        lookup = self.__dict__.get("_lookup")
-        if lookup is None:
-            fallback = pd.DataFrame([self.fallback_], index=[FALLBACK_KEY]).astype(
-                self.school_table_.dtypes.to_dict()
-            )
-            lookup = pd.concat([self.school_table_, fallback])
-            self.__dict__["_lookup"] = lookup
-        return lookup
+    # ------------------------------------------------------------------ transform
+    def school_rows(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Row of the school matrix for each record (its school in the year before the target year)
+        and whether the school was unseen (a district row used instead)."""
+        n = _length(X)
+        schools = _column(X, "school_id", n)
+        years = _column(X, "school_year", n)
+        target = (
+            np.full(n, self.default_year_)
+            if years is None
+            else np.where(pd.isna(years), self.default_year_, years).astype(np.int64)
+        )
+        source = np.clip(target - 1, self.school_years_[0], self.school_years_[-1])
+        keys = (
+            np.array([f"{s}\x1f{y}" for s, y in zip(schools, source, strict=True)], dtype=object)
+            if (n < SMALL_BATCH)
+            else (
+                pd.Series(schools, dtype=object).astype(str) + "\x1f" + pd.Series(source).astype(str)
+            ).to_numpy(dtype=object)
+        )
+        rows = self.school_lookup_.positions(keys, n)
+        unseen = rows < 0
+        if unseen.any():
+            fallback = np.array([self.fallback_row_[int(y)] for y in source[unseen]])
+            rows[unseen] = fallback
+        return rows, unseen
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        columns: dict[str, object] = {}
-        for col in self.student_columns_:
-            values = X[col] if col in X.columns else pd.Series(np.nan, index=X.index)
-            if col in STUDENT_FLAGS:
-                values = pd.to_numeric(values, errors="coerce").astype(float)
-            elif col in STUDENT_CATEGORIES:  # plain objects with NaN: what the imputer and encoder expect
-                values = values.astype(object).where(values.notna(), np.nan)
-            columns[col] = values
-        columns["grade_number"] = grade_number(X["grade"].astype(str))
-        if {"prior_math_score", "prior_reading_score"} <= set(columns):
-            columns["prior_score_gap"] = columns["prior_math_score"] - columns["prior_reading_score"]
-        known = X["school_name"].isin(self.school_table_.index)
-        schools = self._school_lookup().reindex(X["school_name"].where(known, FALLBACK_KEY).to_numpy())
-        schools.index = X.index
-        out = pd.concat([pd.DataFrame(columns, index=X.index), schools], axis=1)
-        leaked = FORBIDDEN.intersection(out.columns)
-        if leaked:
-            raise AssertionError(f"target-year or identity columns reached the features: {sorted(leaked)}")
-        return out
+    def unseen_school(self, X: Any) -> np.ndarray:
+        return self.school_rows(X)[1]
+
+    def _raw(self, X: Any) -> np.ndarray:
+        """Unstandardised features, one block at a time (names in ``feature_names_``)."""
+        n = _length(X)
+        cols: list[np.ndarray] = []
+        names: list[str] = []
+
+        def add(name: str, values: np.ndarray) -> None:
+            cols.append(np.asarray(values, dtype=np.float64))
+            names.append(name)
+
+        grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
+        add("grade_index", np.where(grade < 0, np.nan, grade))
+        for g, label in enumerate(self.grades):
+            add(f"grade={label}", grade == g)
+        for subject in self.subjects_:
+            scores = {}
+            for back in (1, 2):
+                column = prior_score_column(subject, back)
+                values = _floats(_column(X, column, n), n)
+                missing = np.isnan(values)
+                scores[back] = values
+                add(column, np.where(missing, self.medians_[column], values))
+                add(f"{column}_missing", missing)
+                mean, sd = self.prior_moments_[column]
+                position = np.clip(grade - back, -1, len(self.grades) - 1)
+                z = (values - mean[position]) / sd[position]
+                add(f"{column}_z", np.where(missing, 0.0, z))
+            gain = scores[1] - scores[2]
+            add(f"gain_{subject}", np.where(np.isnan(gain), self.medians_[f"gain_{subject}"], gain))
+        for column in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT):
+            if column in self.exclude:
+                continue
+            values = _floats(_column(X, column, n), n)
+            missing = np.isnan(values)
+            add(column, np.where(missing, self.medians_[column], values))
+            add(f"{column}_missing", missing)
+        if "gender" not in self.exclude:
+            gender = self.gender_lookup_.positions(_column(X, "gender", n), n)
+            for g, label in enumerate(RECORD_GENDERS):
+                add(f"gender={label}", gender == g)
+        parent = self.parent_lookup_.positions(_column(X, "parental_education", n), n).astype(float)
+        add("parental_education", np.where(parent < 0, self.medians_["parental_education"], parent))
+        add("parental_education_missing", parent < 0)
+        rows, _ = self.school_rows(X)
+        school = self.school_matrix_[rows].astype(np.float64)
+        names += self.school_feature_names()
+        raw = np.column_stack([*cols, school]) if cols else school
+        self.feature_names_ = names
+        return raw
+
+    def school_feature_names(self) -> list[str]:
+        return (
+            [f"school_{c}" for c in self.school_numeric_]
+            + ["school_history_missing"]
+            + [f"school_type={t}" for t in self.school_types_]
+            + [f"school_level={v}" for v in self.school_levels_]
+        )
+
+    def transform(self, X: Any) -> np.ndarray:
+        raw = self._raw(X)
+        return ((raw - self.mean_) / self.scale_).astype(np.float32)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
-        return np.asarray(self.transform_columns_)
-
-    @property
-    def transform_columns_(self) -> list[str]:
-        school_cols = list(self.school_table_.columns)
-        return [*self.student_columns_, "grade_number", "prior_score_gap", *school_cols]
+        return np.asarray(self.feature_names_)
 
 
-def encoder(feature_frame_columns: list[str]) -> ColumnTransformer:
-    """Scale numbers (median-imputed: optional columns may be absent at serving), one-hot categories."""
-    categorical = [c for c in feature_frame_columns if c in (*STUDENT_CATEGORIES, *SCHOOL_CATEGORIES)]
-    numeric = [c for c in feature_frame_columns if c not in categorical]
-    return ColumnTransformer(
-        [
-            (
-                "numeric",
-                Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]),
-                numeric,
-            ),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                    ]
-                ),
-                categorical,
-            ),
-        ],
-        verbose_feature_names_out=False,
-    )
+def grade_moments(values: np.ndarray, grade: np.ndarray, n_grades: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of ``values`` per grade position; the last entry (position -1) is the overall one,
+    used for grades never seen in training."""
+    mean = np.full(n_grades + 1, np.nan)
+    sd = np.full(n_grades + 1, np.nan)
+    present = ~np.isnan(values)
+    for g in range(n_grades):
+        mine = present & (grade == g)
+        if mine.sum() >= 2:
+            mean[g], sd[g] = values[mine].mean(), values[mine].std()
+    overall_mean = values[present].mean() if present.any() else 0.0
+    overall_sd = values[present].std() if present.sum() > 1 else 1.0
+    mean[-1], sd[-1] = overall_mean, overall_sd or 1.0
+    mean = np.where(np.isnan(mean), overall_mean, mean)
+    sd = np.where(np.isnan(sd) | (sd <= 0), overall_sd or 1.0, sd)
+    return mean, sd
 
 
-def feature_pipeline(students: pd.DataFrame, schools: pd.DataFrame) -> Pipeline:
-    """The unfitted transform for a district: school features, then encoding."""
-    school_step = SchoolFeatures(schools=schools[["school_name", "type", "size", "budget"]].copy())
-    columns = school_step.fit(students).transform_columns_
-    return Pipeline([("school", school_step), ("encode", encoder(columns))])
+def _length(X: Any) -> int:
+    if isinstance(X, pd.DataFrame):
+        return len(X)
+    for values in X.values():
+        return len(values)
+    return 0
 
 
-def model_pipeline(transform: Pipeline, estimator: BaseEstimator) -> Pipeline:
-    """Transform plus estimator as one object: what is logged, registered and served."""
-    return Pipeline([*transform.steps, ("model", estimator)])
+def _nanmedian(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(np.median(present)) if len(present) else 0.0
 
 
-def growth_target(students: pd.DataFrame, target: str) -> pd.Series:
-    """Target-year score minus prior-year score for 'math' or 'reading'."""
-    score, prior = TARGETS[target]
-    return (students[score] - students[prior]).rename(f"{target}_growth")
+def _nanmean(values: np.ndarray) -> float:
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if len(present) else 0.0
+
+
+def records_to_columns(records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """JSON records -> the column arrays ``GrowthTransform.transform`` takes (serving's only conversion)."""
+    return {name: np.array([r.get(name) for r in records], dtype=object) for name in columns}
+
+
+SCHOOL_FEATURE_SOURCES = SCHOOL_SHARES  # documented in docs/architecture.md
+__all__ = ["GrowthTransform", "SchoolFeatures", "model_input_columns", "records_to_columns", "z_column"]

@@ -1,43 +1,54 @@
 """The ``growth`` command: one entry point for every step of the project.
 
-Each command is a thin shell over a pure module function; heavy imports happen inside the
-command so ``growth --help`` stays fast.
+Each command is a thin shell over module functions; heavy imports happen inside the command so
+``growth --help`` stays fast. Every data command takes ``--config FILE`` (a district config) or the
+classic ``--schools/--students`` tables. A user mistake ends in a message and exit code 1, never a
+traceback; a champion that fails its gate ends in exit code 2.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from features.validation import ContractError
+from features.settings import get_settings
 
 app = typer.Typer(
-    help="student-growth: district reports and a served model of student growth.",
+    help="student-growth: district reports, growth measures and served models of student growth.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+S = get_settings()
 
-
-DATA = Path("data/district")
-SCHOOLS_OPT = typer.Option(DATA / "schools.csv", "--schools", help="Schools table (CSV or Parquet).")
-STUDENTS_OPT = typer.Option(DATA / "students.csv", "--students", help="Students table (CSV or Parquet).")
-TARGETS_OPT = typer.Option(["math", "reading"], "--target", help="Growth target(s): math, reading.")
-STORAGE_OPT = typer.Option(
-    "sqlite:///optuna.db",
-    "--storage",
-    help="Optuna storage URL (SQLite file by default; e.g. postgresql://host/db).",
+CONFIG_OPT = typer.Option(
+    None, "--config", "-c", help="District config file (TOML/YAML); see docs/architecture.md."
 )
-FAMILIES_OPT = typer.Option(
-    ["hgb", "linear", "extratrees", "keras"], "--family", help="Model families: hgb linear extratrees keras."
+SCHOOLS_OPT = typer.Option(None, "--schools", help="Classic format: the schools table (CSV or Parquet).")
+STUDENTS_OPT = typer.Option(None, "--students", help="Classic format: the students table (CSV or Parquet).")
+SUBJECTS_OPT = typer.Option(
+    [], "--subject", "-s", help="Subject(s) to model (default: every subject of the data)."
 )
-SEED_OPT = typer.Option(42, "--seed", help="Split and sampler seed.")
+STORAGE_OPT = typer.Option("", "--storage", help=f"Optuna storage URL (default {S.optuna_storage}).")
+SEED_OPT = typer.Option(S.seed, "--seed", help="Split and sampler seed.")
+SPLIT_OPT = typer.Option(
+    "future",
+    "--split",
+    help="future: test on the latest year pair (leave-future-out); random: shuffle all pairs.",
+)
 HOLDOUT_OPT = typer.Option(
     False,
     "--holdout-schools/--no-holdout-schools",
     help="Validate and test on whole schools unseen in training.",
+)
+PROTECTED_OPT = typer.Option(
+    True,
+    "--protected-inputs/--no-protected-inputs",
+    help="Use gender, disadvantaged, English learner and special education as model inputs.",
 )
 
 
@@ -52,10 +63,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
         handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("alembic", "urllib3", "matplotlib", "numexpr", "h5py", "absl"):
+    for noisy in ("alembic", "urllib3", "matplotlib", "numexpr", "h5py", "absl", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Pipelines hold project classes and Keras, which skops cannot load: cloudpickle is deliberate.
-    for chatty in ("mlflow.sklearn", "mlflow.utils.environment"):
+    # Models hold project classes and Keras, which skops cannot load: cloudpickle is deliberate.
+    for chatty in ("mlflow.sklearn", "mlflow.utils.environment", "mlflow.models.model"):
         logging.getLogger(chatty).setLevel(logging.ERROR)
 
 
@@ -65,213 +76,391 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_or_exit(schools: Path, students: Path):
-    """Validated district, or every contract problem on stderr and exit code 1."""
-    from features.io import load_district
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the project's user-facing errors into a message and exit code 1."""
+    from features.district_config import ConfigError
+    from features.validation import ContractError
+    from training.data import GrowthDataError
+    from training.support import NoCutScores
+    from training.tuning import StudyError
 
     try:
-        return load_district(schools, students)
+        yield
     except ContractError as err:
         raise fail(
             f"{len(err.problems)} problem(s) in the input data:\n"
             + "\n".join(f"  - {p}" for p in err.problems)
         ) from None
+    except ConfigError as err:
+        raise fail(
+            "the district config cannot be used:\n"
+            + "\n".join(f"  - {err.file}, key '{k}': {m}" for k, m in err.problems)
+        ) from None
+    except (GrowthDataError, StudyError, NoCutScores) as err:
+        raise fail(str(err)) from None
+
+
+def source_of(config: Path | None, schools: Path | None, students: Path | None):
+    """The district named on the command line, or the default synthetic district's config."""
+    from training.data import Source
+
+    if (schools is None) != (students is None):
+        raise fail("the classic format needs both --schools and --students")
+    if config is not None and schools is not None:
+        raise fail("give either --config or --schools/--students, not both")
+    if schools is not None:
+        return Source(schools=schools, students=students)
+    config = config or get_settings().default_config
+    if not config.exists():
+        raise fail(
+            f"no district config at {config}: pass --config FILE (or --schools/--students), or run "
+            "`growth generate` to write the default synthetic district"
+        )
+    return Source(config=config)
+
+
+def subjects_of(data, wanted: list[str]) -> list[str]:
+    unknown = [s for s in wanted if s not in data.subjects]
+    if unknown:
+        raise fail(f"unknown subject(s) {', '.join(unknown)}; this district has {', '.join(data.subjects)}")
+    return wanted or data.subjects
+
+
+# ---------------------------------------------------------------------------------------------- commands
+@app.command()
+def settings(key: str = typer.Option(None, "--get", help="Print one setting's value (for scripts).")) -> None:
+    """Show the defaults every command uses (override with GROWTH_<NAME> environment variables)."""
+    values = get_settings().model_dump()
+    if key:
+        if key not in values:
+            raise fail(f"unknown setting {key!r}; settings are {', '.join(values)}")
+        typer.echo(values[key])
+        return
+    for name, value in values.items():
+        typer.echo(f"{name} = {value}")
 
 
 @app.command()
-def validate(schools: Path = SCHOOLS_OPT, students: Path = STUDENTS_OPT) -> None:
-    """Check a district's files against the data contract (docs/data.md)."""
-    district = load_or_exit(schools, students)
-    typer.echo(
-        f"ok: {len(district.schools)} schools, {len(district.students):,} students"
-        + (f", {len(district.warnings)} warning(s)" if district.warnings else "")
-    )
+def validate(config: Path = CONFIG_OPT, schools: Path = SCHOOLS_OPT, students: Path = STUDENTS_OPT) -> None:
+    """Check a district's config and files against the data contract; print what was read and resolved."""
+    from training.data import load_data
+
+    source = source_of(config, schools, students)
+    with user_errors():
+        data = load_data(source, progress=True)
+    for line in data.district.summary.lines():
+        typer.echo(line)
+    for warning in data.district.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    reasons = data.district.summary.pair_reasons
+    if reasons is not None:
+        typer.echo("\ngrowth pairs by target year, subject and status:")
+        typer.echo(reasons.to_string(index=False))
+    typer.echo(f"ok: {source.describe()}")
 
 
 @app.command()
 def generate(
-    students: int = typer.Option(150_000, help="Number of students."),
-    seed: int = typer.Option(42, help="Random seed; the same seed gives the same district."),
-    out: Path = typer.Option(
-        Path("data/district"), help="Folder for schools.csv, students.csv, truth files."
+    students: int = typer.Option(S.students, help="Students enrolled in each year."),
+    years: int = typer.Option(S.years, help="School years (multi-year format)."),
+    seed: int = typer.Option(S.seed, help="Random seed; the same seed gives the same district."),
+    out: Path = typer.Option(S.data_dir, help="Output folder."),
+    format: str = typer.Option(
+        "long",
+        "--format",
+        help="long: multi-year export + district.toml; classic: the two-table single-year format.",
     ),
+    grades: str = typer.Option("3-10", help="Grade range of the multi-year district, e.g. 3-8."),
+    scale: str = typer.Option("150-950", help="Lowest-highest scale score of the multi-year district."),
+    file_format: str = typer.Option("csv", "--file-format", help="csv or parquet (multi-year)."),
+    layout: str = typer.Option("long", "--layout", help="long (a row per subject) or wide (multi-year)."),
 ) -> None:
-    """Write a realistic synthetic district (schools, students and a truth file)."""
-    from pipelines.synthetic import generate_district, write_district
+    """Write a realistic synthetic district with its truth files (for development and benchmarks)."""
+    if format == "classic":
+        from pipelines.synthetic import generate_district, write_district
 
-    district = generate_district(n_students=students, seed=seed, progress=True)
-    write_district(district, out)
-    typer.echo(f"wrote {len(district.students):,} students in {len(district.schools)} schools to {out}/")
+        district = generate_district(n_students=students, seed=seed, progress=True)
+        write_district(district, out)
+        typer.echo(f"wrote {len(district.students):,} students in {len(district.schools)} schools to {out}/")
+        return
+    if format != "long":
+        raise fail(f"--format must be long or classic; found {format!r}")
+    from pipelines.synthetic_long import generate_long_district, write_long_district
 
-
-@app.command()
-def tune(
-    schools: Path = SCHOOLS_OPT,
-    students: Path = STUDENTS_OPT,
-    target: list[str] = TARGETS_OPT,
-    family: list[str] = FAMILIES_OPT,
-    trials: int = typer.Option(
-        20, "--trials", help="Total finished trials per study (resumed studies count)."
-    ),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds per study per worker (optional)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes on each study."),
-    storage: str = STORAGE_OPT,
-    tune_rows: int = typer.Option(40_000, "--tune-rows", help="Training rows per trial (0 = all)."),
-    seed: int = SEED_OPT,
-    holdout_schools: bool = HOLDOUT_OPT,
-) -> None:
-    """Tune each family with Optuna; every trial is a nested MLflow run. Re-run to resume."""
-    from training.data import DataConfig, prepare
-    from training.tuning import TuneConfig
-    from training.tuning import tune as run_tune
-
-    for tgt in target:
-        data = DataConfig(schools, students, tgt, seed, holdout_schools)
-        if workers > 1:
-            load_or_exit(schools, students)  # fail here, once, rather than in every worker
-            prepared = None
-        else:
-            try:
-                prepared = prepare(data)
-            except ContractError as err:
-                raise fail("\n".join(str(p) for p in err.problems)) from None
-            except ValueError as err:  # e.g. prior-year scores missing for the growth target
-                raise fail(str(err)) from None
-        for fam in family:
-            config = TuneConfig(
-                data=data,
-                family=fam,
-                trials=trials,
-                timeout=timeout,
-                workers=workers,
-                storage=storage,
-                tune_rows=tune_rows or None,
-            )
-            study = run_tune(config, prepared)
-            typer.echo(
-                f"{config.study_name}: best val RMSE {study.best_value:.4f} "
-                f"after {len(study.trials)} trial(s)"
-            )
-
-
-@app.command()
-def train(
-    schools: Path = SCHOOLS_OPT,
-    students: Path = STUDENTS_OPT,
-    target: list[str] = TARGETS_OPT,
-    family: list[str] = FAMILIES_OPT,
-    storage: str = STORAGE_OPT,
-    margin: float = typer.Option(
-        8.0, "--margin", help="Required test-RMSE reduction vs the linear baseline, %."
-    ),
-    out: Path = typer.Option(Path("out/evaluation"), "--out", help="Folder for the evaluation reports."),
-    seed: int = SEED_OPT,
-    holdout_schools: bool = HOLDOUT_OPT,
-    bento: bool = typer.Option(True, "--bento/--no-bento", help="Export the champion to the BentoML store."),
-) -> None:
-    """Refit the tuned families, compare with the baselines, register the best; gate the champion alias."""
-    from training.data import DataConfig
-    from training.train import GateFailed, TrainConfig
-    from training.train import train as run_train
-
-    failed = []
-    for tgt in target:
-        config = TrainConfig(
-            data=DataConfig(schools, students, tgt, seed, holdout_schools),
-            storage=storage,
-            families=tuple(family),
-            margin_pct=margin,
-            out_dir=out,
-            export_bento=bento,
-        )
-        try:
-            summary = run_train(config)
-        except GateFailed as err:
-            failed.append(str(err))
-            typer.secho(str(err), fg=typer.colors.YELLOW, err=True)
-            continue
-        except ContractError as err:
-            raise fail("\n".join(str(p) for p in err.problems)) from None
-        except (RuntimeError, ValueError) as err:  # nothing tuned yet, or data unfit for the target
-            raise fail(str(err)) from None
-        typer.echo(summary["families"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-        typer.echo(
-            f"champion for {tgt}: {summary['champion_family']} -> {summary['registered_model']} "
-            f"v{summary['version']} (@champion), test RMSE {summary['test_rmse']:.4f}, "
-            f"{summary['rmse_reduction_vs_baseline_pct']:.1f}% below the linear baseline; "
-            f"report in {summary['report_dir']}/"
-        )
-    if failed:
-        raise fail(f"{len(failed)} target(s) did not pass the champion gate", code=2)
+    try:
+        low, high = (int(g) for g in grades.split("-"))
+        lo_scale, hi_scale = (float(v) for v in scale.split("-"))
+    except ValueError:
+        raise fail("--grades takes a range like 3-10 and --scale one like 150-950") from None
+    district = generate_long_district(
+        n_students=students,
+        years=years,
+        seed=seed,
+        grades=tuple(f"{g:02d}" for g in range(low, high + 1)),
+        scale=(lo_scale, hi_scale),
+        file_format=file_format,
+        layout=layout,
+        progress=True,
+    )
+    write_long_district(district, out)
+    typer.echo(
+        f"wrote a {years}-year district of {students:,} students a year to {out}/ "
+        f"(config: {out / get_settings().config_name})"
+    )
 
 
 @app.command()
 def report(
+    config: Path = CONFIG_OPT,
     schools: Path = SCHOOLS_OPT,
     students: Path = STUDENTS_OPT,
+    year: int = typer.Option(
+        None, "--year", help="School year of the district report (default: the latest)."
+    ),
     out: Path = typer.Option(
-        Path("out/report"), "--out", help="Folder for the CSV tables, charts and report.html."
+        S.out_dir / "report", "--out", help="Folder for the tables, charts and HTML pages."
     ),
-    pass_mark: float = typer.Option(70.0, "--pass-mark", help="Lowest passing score (inclusive)."),
-    log_mlflow: bool = typer.Option(
-        False,
-        "--mlflow/--no-mlflow",
-        help="Log the report folder to MLflow (MLFLOW_TRACKING_URI, default "
-        "sqlite:///mlflow.db) as a district-report run.",
+    pass_mark: float = typer.Option(
+        70.0, "--pass-mark", help="Classic format: lowest passing score (inclusive)."
     ),
+    growth: bool = typer.Option(
+        True,
+        "--growth/--no-growth",
+        help="Also write growth.html (SGPs, value-added, model card) when growth pairs exist.",
+    ),
+    log_mlflow: bool = typer.Option(False, "--mlflow/--no-mlflow", help="Log the report folder to MLflow."),
 ) -> None:
-    """Write the district report: nine tables as CSV, charts, a narrative and a self-contained report.html."""
-    import warnings
+    """Write the district report (report.html + CSV tables) and, with growth pairs, the growth report."""
+    from reports.build import build_report, log_to_mlflow, mlflow_metrics
+    from training.data import Source, load_data
 
-    from features.school_aggregates import AggregateConfig
-    from reports.build import OutsideBinsWarning, build_report, log_to_mlflow, mlflow_metrics
+    source = source_of(config, schools, students)
+    if source.schools is not None:
+        source = Source(schools=source.schools, students=source.students, pass_mark=pass_mark)
+    with user_errors():
+        data = load_data(source, progress=True)
+        if year is not None and year not in data.district.years:
+            raise fail(f"--year {year} is not in the data; it has {', '.join(map(str, data.district.years))}")
+        result = build_report(data.district, out, year=year, progress=True)
+    for note in getattr(result, "omitted", {}).items() if hasattr(result, "omitted") else []:
+        typer.secho(f"note: table '{note[0]}' left out: {note[1]}", fg=typer.colors.YELLOW, err=True)
+    for warning in getattr(result, "warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    tables = getattr(result, "tables", result)
+    if growth and len(data.pairs):
+        from reports.growth_report import build_growth_report
 
-    district = load_or_exit(schools, students)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", OutsideBinsWarning)
-        tables = build_report(
-            district.students, district.schools, out, AggregateConfig(pass_mark=pass_mark), progress=True
-        )
-    for warning in caught:
-        typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+        with user_errors():
+            growth_path = build_growth_report(data, out, year=year, progress=True)
+        typer.echo(f"growth report: {growth_path}")
     if log_mlflow:
         run_id = log_to_mlflow(
             out,
-            params={"pass_mark": pass_mark, "schools": str(schools), "students": str(students)},
+            params={"source": source.describe(), "year": year or data.district.years[-1]},
             metrics=mlflow_metrics(tables),
         )
-        typer.echo(f"logged {out}/ to MLflow run {run_id} (experiment student-growth-reports)")
+        typer.echo(f"logged {out}/ to MLflow run {run_id}")
     typer.echo(f"report: {out / 'report.html'}")
+
+
+TASKS = ("growth", "support")
+
+
+@app.command()
+def tune(
+    config: Path = CONFIG_OPT,
+    schools: Path = SCHOOLS_OPT,
+    students: Path = STUDENTS_OPT,
+    subject: list[str] = SUBJECTS_OPT,
+    family: list[str] = typer.Option(
+        [], "--family", help="Families (default: lgbm linear keras for growth, lgbm logistic for support)."
+    ),
+    task: list[str] = typer.Option(list(TASKS), "--task", help="growth and/or support."),
+    trials: int = typer.Option(
+        S.trials, "--trials", help="Finished trials per study (resumed studies count)."
+    ),
+    timeout: float = typer.Option(S.timeout, "--timeout", help="Seconds per study per worker."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on each study."),
+    storage: str = STORAGE_OPT,
+    tune_rows: int = typer.Option(S.tune_rows, "--tune-rows", help="Training rows per trial (0 = all)."),
+    seed: int = SEED_OPT,
+    split: str = SPLIT_OPT,
+    holdout_schools: bool = HOLDOUT_OPT,
+    protected_inputs: bool = PROTECTED_OPT,
+    study: str = typer.Option(None, "--study", help="Resume this study by name even if tuned on other data."),
+) -> None:
+    """Tune each family with Optuna (one study per subject, task, family and data); re-run to resume."""
+    from training.data import DataConfig, load_data, prepare
+    from training.families import DEFAULT_FAMILIES
+    from training.support import DEFAULT_SUPPORT_FAMILIES
+    from training.tuning import TuneConfig
+    from training.tuning import tune as run_tune
+
+    bad = [t for t in task if t not in TASKS]
+    if bad:
+        raise fail(f"--task takes growth or support; found {', '.join(bad)}")
+    source = source_of(config, schools, students)
+    with user_errors():
+        data = load_data(source, progress=True)
+        for subj in subjects_of(data, subject):
+            data_config = DataConfig(subj, seed, split, holdout_schools, protected_inputs)
+            prepared = prepare(data, data_config) if workers == 1 else None
+            for tsk in task:
+                names = family or list(DEFAULT_FAMILIES if tsk == "growth" else DEFAULT_SUPPORT_FAMILIES)
+                if tsk == "support" and prepared is not None:
+                    from training.support import labels_of
+
+                    labels_of(prepared)  # no cut scores: say so before tuning anything
+                for fam in names:
+                    tune_config = TuneConfig(
+                        source=source,
+                        data=data_config,
+                        family=fam,
+                        task=tsk,
+                        trials=trials,
+                        timeout=timeout,
+                        workers=workers,
+                        storage=storage,
+                        tune_rows=tune_rows or None,
+                        study=study,
+                    )
+                    try:
+                        result = run_tune(tune_config, prepared)
+                    except ValueError as err:
+                        raise fail(str(err)) from None
+                    typer.echo(
+                        f"{result.study_name}: best {result.best_value:.4f} "
+                        f"after {len(result.trials)} trial(s)"
+                    )
+
+
+@app.command()
+def train(
+    config: Path = CONFIG_OPT,
+    schools: Path = SCHOOLS_OPT,
+    students: Path = STUDENTS_OPT,
+    subject: list[str] = SUBJECTS_OPT,
+    family: list[str] = typer.Option(
+        [], "--family", help="Growth families to consider (default: lgbm linear keras)."
+    ),
+    storage: str = STORAGE_OPT,
+    margin: float = typer.Option(
+        S.margin_pct, "--margin", help="Growth gate: % below the linear baseline's RMSE."
+    ),
+    out: Path = typer.Option(S.out_dir / "evaluation", "--out", help="Folder for the evaluation reports."),
+    seed: int = SEED_OPT,
+    split: str = SPLIT_OPT,
+    holdout_schools: bool = HOLDOUT_OPT,
+    protected_inputs: bool = PROTECTED_OPT,
+    support: bool = typer.Option(
+        True, "--support/--no-support", help="Also train the needs-support classifier."
+    ),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the champion on train + validation."),
+    bento: bool = typer.Option(True, "--bento/--no-bento", help="Export champions to the BentoML store."),
+) -> None:
+    """Fit the tuned families, compare with the baselines, register the best; gate the champion alias."""
+    from training.data import DataConfig, load_data
+    from training.families import DEFAULT_FAMILIES
+    from training.train import TrainConfig, train_subject
+
+    source = source_of(config, schools, students)
+    failed = []
+    with user_errors():
+        data = load_data(source, progress=True)
+        for subj in subjects_of(data, subject):
+            train_config = TrainConfig(
+                source=source,
+                data=DataConfig(subj, seed, split, holdout_schools, protected_inputs),
+                storage=storage,
+                families=tuple(family or DEFAULT_FAMILIES),
+                margin_pct=margin,
+                out_dir=out,
+                export_bento=bento,
+                refit=refit,
+            )
+            result = train_subject(train_config, data, support=support)
+            for summary in (result["growth"], result["support"]):
+                if summary is None:
+                    continue
+                report_champion(summary)
+                if not summary["gate_passed"]:
+                    failed.append(f"{summary['registered_model']} v{summary['version']}: {summary['gate']}")
+            for sentence in result["fairness"]:
+                typer.secho(f"fairness: {sentence}", fg=typer.colors.YELLOW)
+    if failed:
+        raise fail(
+            "champion gate failed (registered without the alias; the previous champion stays):\n  "
+            + "\n  ".join(failed),
+            code=2,
+        )
+
+
+def report_champion(summary: dict) -> None:
+    table = summary.get("families") if summary["kind"] == "growth" else summary.get("table")
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    state = "@champion" if summary["gate_passed"] else "gate failed"
+    typer.echo(
+        f"{summary['kind']} champion for {summary['subject']}: {summary['champion_family']} -> "
+        f"{summary['registered_model']} v{summary['version']} ({state}); {summary['gate']}"
+    )
+
+
+@app.command()
+def predict(
+    config: Path = CONFIG_OPT,
+    schools: Path = SCHOOLS_OPT,
+    students: Path = STUDENTS_OPT,
+    year: int = typer.Option(
+        None, "--year", help="Target year (default: the year after the data: a forecast)."
+    ),
+    out: Path = typer.Option(
+        S.out_dir / "predictions.parquet", "--out", help="Output file (.parquet or .csv)."
+    ),
+) -> None:
+    """Score every student of a year with every champion (growth with interval, needs support, SGP)."""
+    from serving.batch import score_year
+    from serving.predictor import NoChampionError
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise fail(f"--out must end in .parquet or .csv; found {out.name}")
+    source = source_of(config, schools, students)
+    with user_errors():
+        try:
+            result = score_year(source, year, out, progress=True)
+        except NoChampionError as err:
+            raise fail(str(err)) from None
+        except ValueError as err:
+            raise fail(str(err)) from None
+    typer.echo(f"scored {result.scored:,} students of {result.year} -> {out}")
+    if result.unscorable:
+        typer.echo(f"{result.unscorable:,} students could not be scored; reasons in {result.side_file}")
 
 
 @app.command()
 def serve(
-    port: int = typer.Option(3000, "--port", help="HTTP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all interfaces)."),
-    max_records: int = typer.Option(10_000, "--max-records", help="Largest accepted request, in records."),
-    target: list[str] = typer.Option(
-        [], "--target", help="Serve only these targets (default: every target with a champion)."
+    port: int = typer.Option(S.port, "--port", help="HTTP port."),
+    host: str = typer.Option(S.host, "--host", help="Interface to listen on (0.0.0.0: all interfaces)."),
+    max_records: int = typer.Option(
+        S.max_records, "--max-records", help="Largest accepted request, in records."
     ),
+    workers: int = typer.Option(0, "--workers", help="Server processes (default: one per CPU core)."),
 ) -> None:
-    """Serve the champion model(s) over HTTP: POST /predict, /docs, /healthz, /readyz, /metrics."""
+    """Serve every champion over HTTP: POST /predict, GET /models, /docs, /healthz, /readyz, /metrics."""
     import os
 
-    from features.contract import TARGETS
-    from serving.predictor import champion_entry
+    from serving.predictor import NoChampionError, load_champions
 
-    unknown = [t for t in target if t not in TARGETS]
-    if unknown:
-        raise fail(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
-    found = {t: champion_entry(t) for t in (target or TARGETS)}
-    if not any(found.values()):
-        raise fail(
-            "no champion model in the BentoML model store "
-            f"({os.environ.get('BENTOML_HOME', '~/bentoml')}); run `make run` or `growth train` first"
+    try:
+        served = load_champions()
+    except NoChampionError as err:
+        raise fail(str(err)) from None
+    for model in served.infos:
+        typer.echo(
+            f"{model.subject} {model.kind}: {model.version} (registry version {model.registry_version})"
         )
-    for name, entry in found.items():
-        typer.echo(f"{name}: {entry.tag if entry else 'no champion; not served'}")
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records), "GROWTH_TARGETS": ",".join(found)}
+    env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records), "GROWTH_SERVE_WORKERS": str(workers)}
     command = [
         sys.executable,
         "-m",
@@ -289,6 +478,8 @@ def serve(
     # Replace this process so Ctrl+C and SIGTERM reach the server directly (a child would be orphaned).
     os.execve(sys.executable, command, env)
 
+
+Command = Callable[..., None]
 
 if __name__ == "__main__":
     app()

@@ -1,97 +1,163 @@
-"""Everything a tuning worker or the training step needs: validated data, target, split and the
-fitted transform, built by one function so every process prepares data identically."""
+"""Everything a tuning worker or the training step needs: the district's growth pairs, one subject's
+usable pairs, target, split and fitted transform, built by one function so every process prepares
+data identically."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.pipeline import Pipeline
 
-from features.contract import TARGETS
-from features.io import load_district
-from features.split import Split, split_rows
-from features.transform import feature_pipeline, growth_target
+from features.contract import growth_column, prior_score_column
+from features.ingest import District, load_district
+from features.pairs import growth_pairs, status_counts, usable
+from features.school_aggregates import school_feature_columns, school_year_table
+from features.split import Split, split_pairs
+from features.transform import GrowthTransform, model_input_columns
+
+PROTECTED = ("gender", "econ_disadvantaged", "english_learner", "special_education")
+
+
+class GrowthDataError(ValueError):
+    """The district cannot feed a growth model (e.g. no prior-year scores): one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a district is: a config file, or the two classic tables."""
+
+    config: Path | None = None
+    schools: Path | None = None
+    students: Path | None = None
+    pass_mark: float = 70.0
+
+    def load(self, progress: bool = False) -> District:
+        if self.config is not None:
+            return load_district(self.config, progress=progress)
+        return load_district(
+            schools=self.schools, students=self.students, pass_mark=self.pass_mark, progress=progress
+        )
+
+    def describe(self) -> str:
+        return str(self.config) if self.config else f"{self.schools} + {self.students}"
+
+
+@dataclass
+class DistrictData:
+    """A loaded district with its growth pairs and school-year table (shared by every subject)."""
+
+    source: Source
+    district: District
+    pairs: pd.DataFrame
+    school_table: pd.DataFrame
+    fingerprint: str
+
+    @property
+    def subjects(self) -> list[str]:
+        return self.district.subject_names
+
+
+def load_data(source: Source, progress: bool = False) -> DistrictData:
+    """Load and validate the district, build growth pairs and the school-year aggregates once."""
+    district = source.load(progress)
+    pairs = growth_pairs(district)
+    district.summary.pair_reasons = status_counts(pairs, district.subject_names) if len(pairs) else None
+    table = school_year_table(district.students, district.schools, district.subject_names, pairs)
+    return DistrictData(source, district, pairs, table, district.fingerprint())
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the district is and how to cut it."""
+    """One subject's modelling data: which subject, and how to cut it."""
 
-    schools: Path
-    students: Path
-    target: str = "math"
+    subject: str = "math"
     seed: int = 42
+    scheme: Literal["future", "random"] = "future"
     holdout_schools: bool = False
-
-    def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+    protected_inputs: bool = True
 
 
 @dataclass
 class Prepared:
-    """Validated frames, target, split, fitted transform and the encoded matrices."""
+    """Usable pairs of one subject, target, split, fitted transform and the encoded parts."""
 
+    data: DistrictData
     config: DataConfig
-    students: pd.DataFrame
-    schools: pd.DataFrame
+    frame: pd.DataFrame
     y: np.ndarray
     split: Split
-    transform: Pipeline
-    X_train: np.ndarray
-    X_val: np.ndarray
-    X_test: np.ndarray
-    n_numeric: int
-    fingerprint: str
+    transform: GrowthTransform
+    X: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return self.config.subject
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data.fingerprint
+
+    @property
+    def input_columns(self) -> list[str]:
+        columns = model_input_columns(self.data.subjects)
+        if not self.config.protected_inputs:
+            columns = [c for c in columns if c not in PROTECTED]
+        return [c for c in columns if c in self.frame.columns]
 
     def part(self, name: str) -> pd.DataFrame:
-        return self.students.iloc[getattr(self.split, name)]
+        return self.frame.iloc[getattr(self.split, name)]
 
     def y_part(self, name: str) -> np.ndarray:
         return self.y[getattr(self.split, name)]
 
-
-def file_fingerprint(*paths: Path) -> str:
-    """Short content hash of the input files: tags every run with the exact data it saw."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with Path(path).open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    def inputs(self, name: str) -> pd.DataFrame:
+        """A part as the model receives it: model-input columns only."""
+        return self.part(name)[self.input_columns]
 
 
-def prepare(config: DataConfig) -> Prepared:
-    """Load, validate, compute the target, split, and fit the transform on the training part only."""
-    district = load_district(config.schools, config.students)
-    students = district.students
-    y = growth_target(students, config.target)
-    if y.isna().any():
-        raise ValueError(
-            f"{config.students}: {int(y.isna().sum())} students lack a prior-year or target-year "
-            f"score for {config.target}; the growth model needs both"
+def require_pairs(data: DistrictData, subject: str) -> pd.DataFrame:
+    """The subject's usable pairs, or a one-sentence error saying which columns the model needs."""
+    if subject not in data.subjects:
+        raise GrowthDataError(f"unknown subject {subject!r}; this district has {', '.join(data.subjects)}")
+    rows = usable(data.pairs, subject) if len(data.pairs) else data.pairs
+    if len(rows) < 20:
+        config = data.district.config
+        if config.format == "classic":
+            needed = ", ".join(prior_score_column(s) for s in data.subjects)
+            raise GrowthDataError(
+                f"the growth model needs each student's score of the year before: {config.files.students} "
+                f"has no (or too few) prior-year scores; add the columns {needed}"
+            )
+        raise GrowthDataError(
+            f"the growth model for {subject} needs students tested in two consecutive school years; "
+            f"{config.path.name} gives {len(rows)} such students (years in the data: "
+            f"{', '.join(map(str, data.district.years))})"
         )
-    split = split_rows(students, seed=config.seed, holdout_schools=config.holdout_schools)
-    train = students.iloc[split.train]
-    transform = feature_pipeline(train, district.schools).fit(train)
-    n_numeric = len(transform.named_steps["encode"].transformers_[0][2])
-    return Prepared(
-        config=config,
-        students=students,
-        schools=district.schools,
-        y=y.to_numpy(dtype=float),
-        split=split,
-        transform=transform,
-        X_train=transform.transform(train).astype("float32"),
-        X_val=transform.transform(students.iloc[split.val]).astype("float32"),
-        X_test=transform.transform(students.iloc[split.test]).astype("float32"),
-        n_numeric=n_numeric,
-        fingerprint=file_fingerprint(config.schools, config.students),
+    return rows.reset_index(drop=True)
+
+
+def prepare(data: DistrictData, config: DataConfig) -> Prepared:
+    """Split the subject's usable pairs and fit the transform on the training part only."""
+    frame = require_pairs(data, config.subject)
+    y = frame[growth_column(config.subject)].to_numpy(dtype=float)
+    split = split_pairs(frame, seed=config.seed, scheme=config.scheme, holdout_schools=config.holdout_schools)
+    exclude = () if config.protected_inputs else PROTECTED
+    transform = GrowthTransform(
+        subjects=data.subjects,
+        grades=data.district.grades,
+        school_table=data.school_table,
+        school_columns=school_feature_columns(data.subjects, data.school_table),
+        exclude=exclude,
     )
+    prepared = Prepared(data, config, frame, y, split, transform)
+    transform.fit(prepared.inputs("train"))
+    prepared.X = {
+        name: transform.transform(prepared.inputs(name)) for name in ("train", "val", "cal", "test")
+    }
+    return prepared
 
 
 def subsample(n_rows: int, limit: int | None, seed: int) -> np.ndarray:

@@ -1,26 +1,29 @@
-"""Export of the champion to the BentoML model store (the hand-over to serving/)."""
+"""Export of a champion to the BentoML model store (the hand-over to serving/)."""
 
 from __future__ import annotations
 
 import bentoml
+import cloudpickle
 
-from training.tracking import registered_model_name
+from features.settings import CHAMPION_ALIAS
+
+MODEL_FILE = "model.pkl"
 
 
-def bento_model_name(target: str) -> str:
-    return registered_model_name(target)
+def export_champion(model, name: str, kind: str, subject: str, metadata: dict) -> bentoml.Tag:
+    """Save the whole model object (transform + estimator + intervals) as a new store version labelled
+    ``alias=champion``; the service loads the newest such version of each name (serving.predictor)."""
+    with bentoml.models.create(
+        name,
+        labels={"alias": CHAMPION_ALIAS, "subject": subject, "kind": kind},
+        metadata={**metadata, "subject": subject, "kind": kind},
+    ) as stored:
+        with open(stored.path_of(MODEL_FILE), "wb") as handle:
+            cloudpickle.dump(model, handle)
+    return stored.tag
 
 
-def export_champion(pipeline, target: str, metadata: dict) -> bentoml.Tag:
-    """Save the whole pipeline (transform + school table + estimator) as a new store version.
-
-    The service loads ``<name>:latest``; each export is labelled with the registry version it came from.
-    """
-    model = bentoml.sklearn.save_model(
-        bento_model_name(target),
-        pipeline,
-        signatures={"predict": {"batchable": True, "batch_dim": 0}},
-        labels={"alias": "champion", "target": target},
-        metadata={**metadata, "target": target},
-    )
-    return model.tag
+def load_exported(stored: bentoml.Model):
+    """The model object of a store entry written by ``export_champion``."""
+    with open(stored.path_of(MODEL_FILE), "rb") as handle:
+        return cloudpickle.load(handle)

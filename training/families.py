@@ -1,17 +1,20 @@
-"""Model families: each one's search space, estimator and (where possible) pruned fit, in one place.
+"""Model families: each one's search space, estimator and pruned fit, in one place.
 
-Estimators here see the encoded matrix; the transform in front of them is the shared
-features.transform pipeline. ``fit_family`` reports intermediate validation RMSE through
-``report`` so Optuna can prune boosting and Keras trials early.
+Estimators see the transform's float32 matrix. ``fit_family`` reports validation RMSE as training
+goes (boosting rounds, Keras epochs) so Optuna's Hyperband pruner can stop poor trials early, and
+records where validation error was lowest, so the final refit on train + validation knows how long
+to train without a validation set (``refit_family``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import optuna
+import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
@@ -19,11 +22,32 @@ from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer
 
+from features.contract import prior_score_column
 from training.keras_mlp import KerasMLPRegressor
 from training.metrics import rmse
 
 Report = Callable[[int, float], None]
 HGB_STAGE = 50
+LGBM_MAX_ROUNDS = 4000
+LGBM_REPORT_EVERY = 25
+EARLY_STOPPING_ROUNDS = 100
+REFIT_GROWTH = 1.15  # more rows in the refit: train a little longer than the best validation round
+
+
+def threads() -> int:
+    """Threads per fit: every core of this machine (one study runs at a time per process)."""
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a family may need to know about the matrix: which columns are continuous."""
+
+    names: tuple[str, ...]
+
+    @property
+    def continuous(self) -> list[int]:
+        return [i for i, n in enumerate(self.names) if "=" not in n and not n.endswith("_missing")]
 
 
 @dataclass(frozen=True)
@@ -33,10 +57,40 @@ class Family:
     name: str
     description: str
     space: Callable[[optuna.Trial], dict]
-    build: Callable[[dict, int, int], BaseEstimator]  # params, seed, number of numeric leading columns
+    build: Callable[[dict, int, FeatureInfo], BaseEstimator]
+    space_version: str = "1"
     prunable: bool = False
 
 
+# ---------------------------------------------------------------- LightGBM
+def lgbm_space(trial: optuna.Trial) -> dict:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.15, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 7, 127, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 20, 800, log=True),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 50.0, log=True),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "max_bin": trial.suggest_categorical("max_bin", [63, 127, 255]),
+    }
+
+
+def build_lgbm(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
+    import lightgbm
+
+    return lightgbm.LGBMRegressor(
+        **params,
+        n_estimators=LGBM_MAX_ROUNDS,
+        subsample_freq=1,
+        random_state=seed,
+        n_jobs=threads(),
+        verbose=-1,
+        deterministic=True,
+        force_col_wise=True,
+    )
+
+
+# ---------------------------------------------------------------- scikit-learn
 def hgb_space(trial: optuna.Trial) -> dict:
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
@@ -48,7 +102,7 @@ def hgb_space(trial: optuna.Trial) -> dict:
     }
 
 
-def build_hgb(params: dict, seed: int, n_numeric: int) -> BaseEstimator:
+def build_hgb(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     return HistGradientBoostingRegressor(**params, early_stopping=False, random_state=seed)
 
 
@@ -60,16 +114,10 @@ def linear_space(trial: optuna.Trial) -> dict:
     }
 
 
-def build_linear(params: dict, seed: int, n_numeric: int) -> BaseEstimator:
-    """Ridge on B-splines of the numeric features: a regularised additive (GAM-like) linear model."""
+def build_linear(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
+    """Ridge on B-splines of the continuous features: a regularised additive (GAM-like) linear model."""
     splines = ColumnTransformer(
-        [
-            (
-                "splines",
-                SplineTransformer(n_knots=params["n_knots"], degree=params["degree"]),
-                list(range(n_numeric)),
-            )
-        ],
+        [("splines", SplineTransformer(n_knots=params["n_knots"], degree=params["degree"]), info.continuous)],
         remainder="passthrough",
     )
     return Pipeline([("splines", splines), ("ridge", Ridge(alpha=params["alpha"]))])
@@ -84,10 +132,11 @@ def trees_space(trial: optuna.Trial) -> dict:
     }
 
 
-def build_trees(params: dict, seed: int, n_numeric: int) -> BaseEstimator:
-    return ExtraTreesRegressor(**params, bootstrap=True, n_jobs=-1, random_state=seed)
+def build_trees(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
+    return ExtraTreesRegressor(**params, bootstrap=True, n_jobs=threads(), random_state=seed)
 
 
+# ---------------------------------------------------------------- Keras
 def keras_space(trial: optuna.Trial) -> dict:
     return {
         "hidden_layers": trial.suggest_int("hidden_layers", 1, 3),
@@ -99,77 +148,147 @@ def keras_space(trial: optuna.Trial) -> dict:
     }
 
 
-def build_keras(params: dict, seed: int, n_numeric: int) -> BaseEstimator:
+def build_keras(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     return KerasMLPRegressor(**params, seed=seed)
 
 
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
+        Family(
+            "lgbm",
+            "LightGBM gradient boosting (Hyperband-pruned on boosting rounds)",
+            lgbm_space,
+            build_lgbm,
+            space_version="2",
+            prunable=True,
+        ),
         Family("hgb", "scikit-learn HistGradientBoostingRegressor", hgb_space, build_hgb, prunable=True),
         Family("linear", "Ridge regression on spline-expanded features", linear_space, build_linear),
         Family("extratrees", "scikit-learn ExtraTreesRegressor", trees_space, build_trees),
         Family("keras", "TensorFlow/Keras MLP with early stopping", keras_space, build_keras, prunable=True),
     )
 }
+DEFAULT_FAMILIES = ("lgbm", "linear", "keras")
 
 
 def fit_family(
     family: Family,
     params: dict,
     seed: int,
-    n_numeric: int,
+    info: FeatureInfo,
     X: np.ndarray,
     y: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
     report: Report | None = None,
 ) -> BaseEstimator:
-    """Fit one configuration; prunable families call ``report(step, val_rmse)`` as they go."""
-    estimator = family.build(params, seed, n_numeric)
+    """Fit one configuration on X; prunable families call ``report(step, val_rmse)`` as they go and
+    remember their best round/epoch in ``best_rounds_`` for the refit."""
+    estimator = family.build(params, seed, info)
     if family.name == "keras":
-        return estimator.fit(X, y, X_val, y_val, epoch_report=report)
+        estimator.fit(X, y, X_val, y_val, epoch_report=report)
+        estimator.best_rounds_ = estimator.best_epoch_
+        return estimator
+    if family.name == "lgbm":
+        return fit_lgbm(estimator, X, y, X_val, y_val, report)
     if family.name == "hgb" and report is not None:
         # Grow the ensemble in stages with warm_start so a poor trial stops after one stage.
         target_iter = estimator.max_iter
         estimator.set_params(warm_start=True)
-        for step, n_iter in enumerate(range(HGB_STAGE, target_iter + 1, HGB_STAGE)):
+        for n_iter in range(HGB_STAGE, target_iter + 1, HGB_STAGE):
             estimator.set_params(max_iter=n_iter)
             estimator.fit(X, y)
-            report(step, rmse(y_val, estimator.predict(X_val)))
+            report(n_iter, rmse(y_val, estimator.predict(X_val)))
         estimator.set_params(warm_start=False)
         return estimator
+    return estimator.fit(X, y)
+
+
+def fit_lgbm(estimator, X, y, X_val, y_val, report: Report | None):
+    """Early stopping on validation RMSE; every LGBM_REPORT_EVERY rounds the pruner may stop the trial."""
+    import lightgbm
+
+    callbacks = [lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)]
+    if report is not None:
+
+        def pruning(env: lightgbm.callback.CallbackEnv) -> None:
+            round_ = env.iteration + 1
+            if round_ % LGBM_REPORT_EVERY == 0:
+                report(round_, float(env.evaluation_result_list[0][2]))
+
+        callbacks.append(pruning)
+    estimator.fit(X, y, eval_X=(X_val,), eval_y=(y_val,), eval_metric="rmse", callbacks=callbacks)
+    estimator.best_rounds_ = int(estimator.best_iteration_ or estimator.n_estimators)
+    return estimator
+
+
+def refit_family(
+    family: Family,
+    params: dict,
+    seed: int,
+    info: FeatureInfo,
+    X: np.ndarray,
+    y: np.ndarray,
+    fitted: BaseEstimator,
+) -> BaseEstimator:
+    """Refit on more rows (train + validation) with the round/epoch count the validation fit chose."""
+    estimator = family.build(params, seed, info)
+    best = getattr(fitted, "best_rounds_", None)
+    if family.name == "lgbm":
+        estimator.set_params(n_estimators=max(1, int(round(best * REFIT_GROWTH))))
+        return estimator.fit(X, y)
+    if family.name == "keras":
+        estimator.set_params(max_epochs=max(1, int(round(best * REFIT_GROWTH))), patience=10**6)
+        return estimator.fit(X, y, fixed_epochs=True)
     return estimator.fit(X, y)
 
 
 class GradeMeanRegressor(BaseEstimator, RegressorMixin):
     """Naive baseline: the training mean growth of the student's grade (overall mean if unseen)."""
 
-    def fit(self, X, y) -> GradeMeanRegressor:
-        frame = X.assign(_y=np.asarray(y))
-        self.means_ = frame.groupby(frame["grade"].astype(str))["_y"].mean().to_dict()
+    def fit(self, X: pd.DataFrame, y) -> GradeMeanRegressor:
+        frame = pd.DataFrame({"grade": X["grade"].astype(str).to_numpy(), "_y": np.asarray(y)})
+        self.means_ = frame.groupby("grade")["_y"].mean().to_dict()
         self.overall_ = float(np.mean(y))
         return self
 
-    def predict(self, X) -> np.ndarray:
-        return X["grade"].astype(str).map(self.means_).fillna(self.overall_).to_numpy(dtype=float)
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (
+            pd.Series(X["grade"].astype(str).to_numpy())
+            .map(self.means_)
+            .fillna(self.overall_)
+            .to_numpy(float)
+        )
 
 
 class PriorScoreOLS(BaseEstimator, RegressorMixin):
-    """Linear baseline: the classic growth regression of growth on the two prior-year scores."""
+    """Linear baseline: the classic growth regression of growth on the prior-year scores (every subject's,
+    missing ones replaced by the training mean), with an intercept per grade."""
 
-    columns = ("prior_math_score", "prior_reading_score")
+    def __init__(self, subjects: Sequence[str] = ()):
+        self.subjects = subjects
 
-    def fit(self, X, y) -> PriorScoreOLS:
-        self.model_ = LinearRegression().fit(X[list(self.columns)].to_numpy(dtype=float), y)
+    def _design(self, X: pd.DataFrame) -> np.ndarray:
+        priors = np.column_stack([X[c].to_numpy(dtype=float) for c in self.columns_])
+        priors = np.where(np.isnan(priors), self.means_, priors)
+        grade = X["grade"].astype(str).to_numpy()
+        dummies = np.column_stack([grade == g for g in self.grades_[1:]]) if len(self.grades_) > 1 else None
+        return priors if dummies is None else np.hstack([priors, dummies.astype(float)])
+
+    def fit(self, X: pd.DataFrame, y) -> PriorScoreOLS:
+        self.columns_ = [prior_score_column(s) for s in self.subjects if prior_score_column(s) in X]
+        self.means_ = np.array([np.nanmean(X[c].to_numpy(dtype=float)) for c in self.columns_])
+        self.grades_ = sorted(X["grade"].astype(str).unique())
+        self.model_ = LinearRegression().fit(self._design(X), y)
         return self
 
-    def predict(self, X) -> np.ndarray:
-        return self.model_.predict(X[list(self.columns)].to_numpy(dtype=float))
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model_.predict(self._design(X))
 
 
 # The linear baseline comes first: every later run, the naive one included, reports its reduction against it.
-BASELINES: dict[str, Callable[[], BaseEstimator]] = {
-    "baseline_linear": PriorScoreOLS,
-    "baseline_naive": GradeMeanRegressor,
+BASELINES: dict[str, Callable[[Sequence[str]], BaseEstimator]] = {
+    "baseline_linear": lambda subjects: PriorScoreOLS(subjects),
+    "baseline_naive": lambda subjects: GradeMeanRegressor(),
 }

@@ -71,12 +71,18 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         X_val: np.ndarray | None = None,
         y_val: np.ndarray | None = None,
         epoch_report: EpochReport | None = None,
+        fixed_epochs: bool = False,
     ) -> KerasMLPRegressor:
-        """Train; ``epoch_report(epoch, val_rmse)`` is called after every epoch (Optuna pruning hook)."""
+        """Train; ``epoch_report(epoch, val_rmse)`` is called after every epoch (Optuna pruning hook).
+
+        ``fixed_epochs``: train exactly ``max_epochs`` epochs on all of X (the refit on train +
+        validation, whose epoch count the validation fit chose)."""
         import keras
 
         X = np.asarray(X, dtype="float32")
         y = np.asarray(y, dtype="float32")
+        if fixed_epochs:
+            return self._fit_fixed(X, y)
         if X_val is None or y_val is None:
             rng = np.random.default_rng(self.seed)
             hold = rng.random(len(X)) < 0.1
@@ -109,6 +115,21 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
             shuffle=True,
         )
         self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fit_fixed(self, X: np.ndarray, y: np.ndarray) -> KerasMLPRegressor:
+        self.y_mean_, self.y_std_ = float(y.mean()), float(y.std() or 1.0)
+        self.model_ = self._build(X.shape[1])
+        self.model_.fit(
+            X,
+            (y - self.y_mean_) / self.y_std_,
+            epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            verbose=self.verbose,
+            shuffle=True,
+        )
+        self.best_epoch_ = self.max_epochs
         self.n_features_in_ = X.shape[1]
         return self
 

@@ -1,8 +1,11 @@
-"""MLflow conventions of the project: where runs go, how they are named and tagged."""
+"""MLflow conventions of the project: where runs go, how experiments are named and tagged.
+
+Names come from ``features.settings`` (the one place they are spelled). Experiments are tagged
+``mlflow.experimentKind = custom_model_development`` so MLflow 3's UI opens them on the model
+training view (runs table) rather than the GenAI overview.
+"""
 
 from __future__ import annotations
-
-import os
 
 import matplotlib
 
@@ -11,26 +14,39 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from features.settings import experiment_name as growth_experiment  # noqa: E402
+from features.settings import get_settings  # noqa: E402
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# Columns reviewers compare; documented in the README (MLflow keeps no server-side default view).
+RUN_TABLE_METRICS = (
+    "test_rmse",
+    "test_mae",
+    "rmse_reduction_vs_baseline_pct",
+    "mae_reduction_vs_baseline_pct",
+)
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory (no server needed)."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    return get_settings().tracking_uri
 
 
-def experiment_name(target: str) -> str:
-    return f"student-growth-{target}"
+def experiment_name(subject: str, task: str = "growth") -> str:
+    """``student-growth-math`` for growth models, ``student-growth-math-support`` for classifiers."""
+    return growth_experiment(subject) if task == "growth" else f"{growth_experiment(subject)}-{task}"
 
 
-def registered_model_name(target: str) -> str:
-    return f"student-growth-{target}"
+def use_experiment(subject: str, task: str = "growth") -> str:
+    """Point mlflow at the project's store and experiment (created on first use); returns its id."""
+    return use_named_experiment(experiment_name(subject, task))
 
 
-def use_experiment(target: str) -> str:
-    """Point mlflow at the project's store and experiment; returns the experiment id."""
+def use_named_experiment(name: str) -> str:
     mlflow.set_tracking_uri(tracking_uri())
-    experiment = mlflow.set_experiment(experiment_name(target))
+    experiment = mlflow.set_experiment(name)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return experiment.experiment_id
 
 

@@ -1,34 +1,46 @@
-"""Final training: baselines and each tuned family refit on the training set, compared in MLflow;
-the best by validation RMSE becomes the candidate champion, registered and, if it clears the
-gate against the linear baseline, aliased ``champion`` and exported to BentoML."""
+"""Final training of one subject's growth model, step by step:
+
+1. baselines (mean growth per grade; OLS on the prior scores), each a top-level MLflow run;
+2. every tuned family fitted with its best parameters on the training part (the fit that selection
+   and the candidate runs report), plus an average of the two best families;
+3. the best by validation RMSE is the champion; it is refitted on train + validation (the rounds or
+   epochs its validation fit chose) and gets conformal intervals from the calibration part;
+4. evaluate (``training.evaluate``) -> register -> promote (the gate) -> export (``training.registry``).
+
+Studies are looked up by the data's fingerprint: parameters tuned on other data are refused.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import optuna
 import pandas as pd
-from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, Schema
 
-from features.transform import PRIOR_SCORES
-from training import evaluation
-from training.data import DataConfig, Prepared, prepare
-from training.families import BASELINES, FAMILIES, fit_family
-from training.metrics import reduction_pct, scores
-from training.tracking import log_figure, registered_model_name, tracking_uri, use_experiment
-from training.tuning import DEFAULT_STORAGE, TuneConfig, open_storage
+from features.contract import prior_score_column
+from features.settings import get_settings
+from training import evaluate as ev
+from training.data import DataConfig, DistrictData, Prepared, Source, load_data, prepare
+from training.families import BASELINES, DEFAULT_FAMILIES, FAMILIES, FeatureInfo, fit_family, refit_family
+from training.intervals import (
+    IntervalModel,
+    conformal_quantiles,
+    count_missing,
+    fit_scale_model,
+    masked_copies,
+)
+from training.metrics import reduction_pct, rmse, scores
+from training.model import AveragedRegressor, GrowthModel
+from training.tracking import log_figure, tracking_uri, use_experiment
+from training.tuning import StudyError, Tuned, study_best
 
 log = logging.getLogger(__name__)
 HEADLINE_BASELINE = "baseline_linear"
-# What every candidate run reports and reviewers compare in the MLflow UI.
 HEADLINE_METRICS = (
     "test_mae",
     "test_rmse",
@@ -38,98 +50,83 @@ HEADLINE_METRICS = (
     "mae_reduction_vs_baseline_pct",
     "rmse_reduction_vs_baseline_pct",
 )
-INTERVAL_LEVEL = 0.9
-
-
-# The pickled pipeline refers to project classes; ship their code with the model.
-CODE_PATHS = [str(Path(__file__).resolve().parents[1] / package) for package in ("features", "training")]
-MODEL_PACKAGES = (
-    "scikit-learn",
-    "pandas",
-    "numpy",
-    "scipy",
-    "cloudpickle",
-    "tensorflow-cpu",
-    "keras",
-    "optuna",
-    "matplotlib",
-    "pandera",
-)
-
-
-def model_requirements() -> list[str]:
-    """Exact versions of what loading the model imports, read from this environment (the lock file's)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in MODEL_PACKAGES]
-
-
-class GateFailed(RuntimeError):
-    """The best model does not beat the linear baseline by the required margin."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: DataConfig
-    storage: str = DEFAULT_STORAGE
-    study_prefix: str = "student-growth"
-    families: tuple[str, ...] = tuple(FAMILIES)
-    margin_pct: float = 8.0
+    source: Source
+    data: DataConfig = field(default_factory=DataConfig)
+    storage: str = ""
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    margin_pct: float | None = None
     out_dir: Path = Path("out/evaluation")
     export_bento: bool = True
+    refit: bool = True
+    ensemble: bool = True
+    study: dict[str, str] = field(default_factory=dict)  # family -> study name, to use a study knowingly
+
+    @property
+    def margin(self) -> float:
+        return get_settings().margin_pct if self.margin_pct is None else self.margin_pct
+
+    def storage_url(self) -> str:
+        return self.storage or get_settings().optuna_storage
 
 
 @dataclass
 class Candidate:
     name: str
-    run_id: str
+    params: dict
+    fitted: object  # trained on the training part only
+    predictions: dict[str, np.ndarray]
     metrics: dict[str, float]
-    model: object = None
-    params: dict = field(default_factory=dict)
-    model_uri: str = ""
+    members: tuple[str, ...] = ()
+    run_id: str = ""
+    tune_seconds: float = 0.0
 
 
-def model_input(frame: pd.DataFrame) -> pd.DataFrame:
-    """What the served model receives: the student record without target-year scores or names.
-
-    Counts are cast to float so the logged signature accepts missing optional values.
-    """
-    record = frame.drop(columns=[c for c in ("math_score", "reading_score", "student_name") if c in frame])
-    counts = [c for c in record.columns if c != "student_id" and pd.api.types.is_integer_dtype(record[c])]
-    return record.astype({c: "float64" for c in counts})
-
-
-def serving_signature(example: pd.DataFrame, prediction: np.ndarray) -> ModelSignature:
-    """Inferred signature with the contract's optional columns marked optional, so a registered
-    model served by MLflow accepts records without them (the pipeline imputes them)."""
-    from features.contract import STUDENT_COLUMNS
-
-    optional = {c.name for c in STUDENT_COLUMNS if not c.required} - set(PRIOR_SCORES)
-    with warnings.catch_warnings():  # integer ids never miss; optional counts are floats (model_input)
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(example, prediction)
-    inputs = Schema(
-        [
-            ColSpec(spec.type, spec.name, required=spec.name not in optional)
-            for spec in signature.inputs.inputs
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=signature.outputs)
+def tuned_families(config: TrainConfig, fingerprint: str) -> dict[str, Tuned]:
+    """Best parameters of each family's study on THIS data; other data is refused with its reason."""
+    found: dict[str, Tuned] = {}
+    refusals: list[str] = []
+    for family in config.families:
+        try:
+            found[family] = study_best(
+                config.storage_url(),
+                config.data.subject,
+                family,
+                "growth",
+                fingerprint,
+                config.study.get(family),
+            )
+        except StudyError as err:
+            refusals.append(str(err))
+            log.warning("%s", err)
+    if not found:
+        raise StudyError(
+            "no tuned family to train for " + config.data.subject + ":\n  " + "\n  ".join(refusals)
+        )
+    return found
 
 
-def evaluate_split(
-    model, prepared: Prepared, features: bool
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """val/test metrics and predictions, on encoded matrices (tuned families) or raw frames (baselines)."""
-    metrics, predictions = {}, {}
-    for part in ("val", "test"):
-        X = getattr(prepared, f"X_{part}") if features else model_input(prepared.part(part))
-        predictions[part] = np.asarray(model.predict(X), dtype=float)
-        metrics.update(scores(prepared.y_part(part), predictions[part], part))
-    return metrics, predictions
+def fit_baselines(prepared: Prepared, tags: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Each baseline fitted on the training part and logged as a top-level run."""
+    results: dict[str, dict[str, float]] = {}
+    for name, make in BASELINES.items():
+        start = time.perf_counter()
+        model = make(prepared.data.subjects).fit(prepared.inputs("train"), prepared.y_part("train"))
+        metrics = {}
+        for part in ("val", "test"):
+            metrics.update(scores(prepared.y_part(part), model.predict(prepared.inputs(part)), part))
+        results[name] = metrics
+        with mlflow.start_run(run_name=name, tags={**tags, "family": name, "run_kind": "baseline"}):
+            mlflow.log_metrics(
+                {**with_reductions(metrics, results), "fit_seconds": time.perf_counter() - start}
+            )
+    return results
 
 
-def add_reductions(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> dict[str, float]:
+def with_reductions(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> dict[str, float]:
     """Error reductions vs the linear baseline (headline) and the naive baseline."""
     out = dict(metrics)
     for name, suffix in ((HEADLINE_BASELINE, "baseline"), ("baseline_naive", "naive_baseline")):
@@ -141,259 +138,249 @@ def add_reductions(metrics: dict[str, float], baselines: dict[str, dict[str, flo
     return out
 
 
-def study_best(config: TrainConfig, family: str) -> tuple[dict, float] | None:
-    """Best params of the family's study and its wall-clock tuning time, or None if never tuned."""
-    tune_config = TuneConfig(
-        data=config.data, family=family, storage=config.storage, study_prefix=config.study_prefix
-    )
-    try:  # load, not create: looking must not leave empty studies behind in the storage
-        study = optuna.load_study(study_name=tune_config.study_name, storage=open_storage(config.storage))
-        best = study.best_trial
-    except (KeyError, ValueError):
-        return None
-    trials = [t for t in study.trials if t.datetime_start and t.datetime_complete]
-    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
-    return best.params, seconds
-
-
-def train(config: TrainConfig) -> dict:
-    """Fit, compare, register and gate; returns a summary (raises GateFailed after registering)."""
-    target = config.data.target
-    tuned = {family: study_best(config, family) for family in config.families}
-    for family, best in tuned.items():
-        if best is None:
-            log.warning(
-                "family %s has no tuned study in %s; skipped (run `growth tune` first)",
-                family,
-                config.storage,
-            )
-    if not any(tuned.values()):
-        raise RuntimeError("no tuned family to train: run `growth tune` first")
-    prepared = prepare(config.data)
-    use_experiment(target)
-    dataset = mlflow.data.from_pandas(
-        prepared.students.drop(columns=["student_name"]),
-        source=str(config.data.students),
-        name=f"district-{prepared.fingerprint}",
-        targets=None,
-    )
-    common_tags = {
-        "target": target,
-        "data_fingerprint": prepared.fingerprint,
-        "holdout_schools": str(config.data.holdout_schools),
-        "split_seed": str(config.data.seed),
-    }
-    baselines: dict[str, dict[str, float]] = {}
-    for name, make in BASELINES.items():
-        start = time.perf_counter()
-        model = make().fit(model_input(prepared.part("train")), prepared.y_part("train"))
-        metrics, _ = evaluate_split(model, prepared, features=False)
-        baselines[name] = metrics
-        with mlflow.start_run(run_name=name, tags={**common_tags, "family": name, "run_kind": "baseline"}):
-            mlflow.log_input(dataset, context="training")
-            mlflow.log_metrics(
-                {**add_reductions(metrics, baselines), "fit_seconds": time.perf_counter() - start}
-            )
-    candidates = [
-        fit_candidate(prepared, family, params, tune_seconds, baselines, common_tags, dataset)
-        for family, (params, tune_seconds) in ((f, b) for f, b in tuned.items() if b is not None)
-    ]
-    champion = min(candidates, key=lambda c: c.metrics["val_rmse"])
-    return register_champion(config, prepared, champion, baselines, candidates)
-
-
-def fit_candidate(
-    prepared: Prepared,
-    family_name: str,
-    params: dict,
-    tune_seconds: float,
-    baselines: dict[str, dict[str, float]],
-    tags: dict[str, str],
-    dataset,
-) -> Candidate:
-    """Refit one family's best params on the full training set and log it as a top-level run."""
-    from features.transform import model_pipeline
-
-    family = FAMILIES[family_name]
+def fit_candidate(prepared: Prepared, family: str, tuned: Tuned, baselines: dict, tags: dict) -> Candidate:
+    """One family's best parameters fitted on the training part, scored on validation and test, logged."""
+    info = FeatureInfo(tuple(prepared.transform.feature_names_))
     start = time.perf_counter()
-    estimator = fit_family(
-        family,
-        params,
+    fitted = fit_family(
+        FAMILIES[family],
+        tuned.params,
         prepared.config.seed,
-        prepared.n_numeric,
-        prepared.X_train,
+        info,
+        prepared.X["train"],
         prepared.y_part("train"),
-        prepared.X_val,
+        prepared.X["val"],
         prepared.y_part("val"),
     )
     fit_seconds = time.perf_counter() - start
-    metrics, predictions = evaluate_split(estimator, prepared, features=True)
-    pipeline = model_pipeline(prepared.transform, estimator)
-    interval = float(np.quantile(np.abs(prepared.y_part("val") - predictions["val"]), INTERVAL_LEVEL))
-    metrics = add_reductions(metrics, baselines)
-    metrics.update(
-        {"fit_seconds": fit_seconds, "tune_seconds": tune_seconds, "interval_90_halfwidth": interval}
+    predictions = {
+        part: np.asarray(fitted.predict(prepared.X[part]), dtype=float) for part in ("val", "cal", "test")
+    }
+    candidate = Candidate(family, tuned.params, fitted, predictions, {}, tune_seconds=tuned.seconds)
+    candidate.metrics = candidate_metrics(prepared, predictions, baselines)
+    candidate.metrics.update({"fit_seconds": fit_seconds, "tune_seconds": tuned.seconds})
+    log_candidate(prepared, candidate, tags, {"optuna_study": tuned.study})
+    return candidate
+
+
+def candidate_metrics(
+    prepared: Prepared, predictions: dict[str, np.ndarray], baselines: dict
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for part in ("val", "test"):
+        metrics.update(scores(prepared.y_part(part), predictions[part], part))
+    return with_reductions(metrics, baselines)
+
+
+def ensemble_candidate(
+    prepared: Prepared, candidates: list[Candidate], baselines: dict, tags: dict
+) -> Candidate:
+    """Equal-weight average of the two best families (by validation RMSE); no weights are fitted on
+    validation, so its validation RMSE is as honest a selection score as the members'."""
+    best = sorted(candidates, key=lambda c: c.metrics["val_rmse"])[:2]
+    predictions = {
+        part: np.mean([c.predictions[part] for c in best], axis=0) for part in ("val", "cal", "test")
+    }
+    members = tuple(c.name for c in best)
+    fitted = AveragedRegressor([c.fitted for c in best], [0.5, 0.5], members)
+    candidate = Candidate(
+        "ensemble",
+        {"members": "+".join(members)},
+        fitted,
+        predictions,
+        {},
+        members,
+        tune_seconds=sum(c.tune_seconds for c in best),
     )
-    example = model_input(prepared.part("val").head(5))
+    candidate.metrics = candidate_metrics(prepared, predictions, baselines)
+    log_candidate(prepared, candidate, tags, {"members": "+".join(members)})
+    return candidate
+
+
+def log_candidate(prepared: Prepared, candidate: Candidate, tags: dict, extra_tags: dict) -> None:
     with mlflow.start_run(
-        run_name=f"candidate-{family_name}", tags={**tags, "family": family_name, "run_kind": "candidate"}
+        run_name=f"candidate-{candidate.name}",
+        tags={**tags, **extra_tags, "family": candidate.name, "run_kind": "candidate"},
     ) as run:
-        mlflow.log_input(dataset, context="training")
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        signature = serving_signature(example, pipeline.predict(example))
-        logged = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="cloudpickle",
-            code_paths=CODE_PATHS,
-            pip_requirements=model_requirements(),
-        )
-        for name, figure in evaluation.residual_figures(
-            prepared.y_part("test"), predictions["test"], f"{family_name}"
+        mlflow.log_params({k: v for k, v in candidate.params.items()})
+        mlflow.log_metrics(candidate.metrics)
+        for name, figure in ev.residual_figures(
+            prepared.y_part("test"), candidate.predictions["test"], candidate.name
         ).items():
             log_figure(figure, f"plots/{name}")
-        val_frame = model_input(prepared.part("val"))
-        importance = evaluation.feature_importance(
-            pipeline, val_frame, prepared.y_part("val"), prepared.config.seed
+    candidate.run_id = run.info.run_id
+
+
+def refit_champion(prepared: Prepared, champion: Candidate, tuned: dict[str, Tuned], refit: bool) -> object:
+    """The champion refitted on train + validation (each member for an ensemble), or as fitted."""
+    if not refit:
+        return champion.fitted
+    info = FeatureInfo(tuple(prepared.transform.feature_names_))
+    X = np.vstack([prepared.X["train"], prepared.X["val"]])
+    y = np.concatenate([prepared.y_part("train"), prepared.y_part("val")])
+
+    def one(name: str, fitted: object) -> object:
+        return refit_family(FAMILIES[name], tuned[name].params, prepared.config.seed, info, X, y, fitted)
+
+    if champion.members:
+        members = [
+            one(name, fitted)
+            for name, fitted in zip(champion.members, champion.fitted.estimators, strict=True)
+        ]
+        return AveragedRegressor(members, list(champion.fitted.weights), champion.members)
+    return one(champion.name, champion.fitted)
+
+
+def optional_inputs(prepared: Prepared) -> tuple[str, ...]:
+    """Inputs a request may leave out: all but the school, the grade and the subject's own prior score
+    (the target year is not a student field; it defaults to the year after the data)."""
+    required = {"school_id", "grade", "school_year", prior_score_column(prepared.subject)}
+    return tuple(c for c in prepared.input_columns if c not in required)
+
+
+def fit_intervals(prepared: Prepared, train_only: object, final: object, level: float) -> IntervalModel:
+    """sigma(x) from validation residuals of the train-only fit; conformal quantiles on the calibration
+    part scored by the final model (see training.intervals)."""
+    optional = optional_inputs(prepared)
+    transform = prepared.transform
+    seed = prepared.config.seed
+
+    def scored(part: str, model: object, offset: int) -> tuple[np.ndarray, ...]:
+        frame = masked_copies(prepared.inputs(part).reset_index(drop=True), optional, seed + offset)
+        rows = frame.pop("_row").to_numpy()
+        features = transform.transform(frame)
+        residual = np.abs(prepared.y_part(part)[rows] - np.asarray(model.predict(features), dtype=float))
+        return features, count_missing(frame, optional), transform.unseen_school(frame), residual
+
+    features, missing, unseen, residual = scored("val", train_only, 1)
+    scale = fit_scale_model(features, missing, unseen, residual, seed)
+    interval = IntervalModel(level, optional, scale, np.zeros(8), np.zeros(8, dtype=np.int64))
+    features, missing, unseen, residual = scored("cal", final, 2)
+    from training.intervals import bucket_of
+
+    interval.quantiles, interval.counts = conformal_quantiles(
+        residual / interval.sigma(features, missing, unseen), bucket_of(missing, unseen), level
+    )
+    return interval
+
+
+def coverage_table(model: GrowthModel, frame: pd.DataFrame, actual: np.ndarray, seed: int) -> pd.DataFrame:
+    """Coverage and mean width of the intervals on the test year: complete records, 3 and all optional
+    fields removed, and every school made unknown."""
+    rng = np.random.default_rng(seed)
+    optional = [c for c in model.interval.optional if c in frame.columns]
+    cases: dict[str, pd.DataFrame] = {"all fields sent": frame}
+    three = frame.copy()
+    picks = np.argsort(rng.random((len(frame), len(optional))), axis=1)[:, :3]
+    for j, name in enumerate(optional):
+        drop = (picks == j).any(axis=1)
+        three[name] = three[name].astype(object).where(~drop, None)
+    cases["3 optional fields removed"] = three
+    cases["all optional fields removed"] = frame.drop(columns=optional)
+    cases["school unknown to the model"] = frame.assign(school_id="\x00unseen school")
+    rows = []
+    for name, case in cases.items():
+        out = model.predict_interval(case)
+        inside = (actual >= out["low"]) & (actual <= out["high"])
+        rows.append(
+            {
+                "case": name,
+                "n": len(actual),
+                "coverage_90": float(inside.mean()),
+                "mean_width": float(np.mean(out["high"] - out["low"])),
+                "rmse": rmse(actual, out["predicted"]),
+            }
         )
-        mlflow.log_text(importance.to_csv(header=["rmse_increase"]), "feature_importance.csv")
-        log_figure(
-            evaluation.importance_figure(importance, f"{family_name}: permutation importance"),
-            "plots/feature_importance.png",
-        )
-    log.info(
-        "%s: val_rmse %.4f test_rmse %.4f (%.1f%% below linear baseline)",
-        family_name,
-        metrics["val_rmse"],
-        metrics["test_rmse"],
-        metrics.get("rmse_reduction_vs_baseline_pct", np.nan),
-    )
-    return Candidate(family_name, run.info.run_id, metrics, pipeline, params, logged.model_uri)
-
-
-def register_champion(
-    config: TrainConfig,
-    prepared: Prepared,
-    champion: Candidate,
-    baselines: dict[str, dict[str, float]],
-    candidates: list[Candidate],
-) -> dict:
-    """Evaluation report, registry version, gate, alias and BentoML export for the best candidate."""
-    target = config.data.target
-    test = prepared.part("test")
-    predicted = np.asarray(champion.model.predict(model_input(test)), dtype=float)
-    actual = prepared.y_part("test")
-    subgroups = evaluation.subgroup_errors(test, actual, predicted, prepared.schools)
-    at_average_school = model_input(test).assign(school_name=evaluation.AVERAGE_SCHOOL)
-    value_added = evaluation.school_value_added(
-        test, actual, predicted, np.asarray(champion.model.predict(at_average_school), dtype=float)
-    )
-    truth = evaluation.read_truth(config.data.students)
-    truth_figures = (
-        evaluation.truth_comparison(test, actual, predicted, target, truth, value_added) if truth else None
-    )
-    headline = {k: champion.metrics[k] for k in HEADLINE_METRICS}
-    report = evaluation.evaluation_markdown(
-        target, champion.name, headline, subgroups, value_added, truth_figures
-    )
-    out_dir = Path(config.out_dir) / target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    comparison = comparison_table(baselines, candidates)
-    for name, text in (
-        ("evaluation.md", report),
-        ("subgroups.csv", subgroups.to_csv(index=False)),
-        ("school_value_added.csv", value_added.to_csv()),
-        ("families.csv", comparison.to_csv(index=False)),
-    ):
-        write_atomic(out_dir / name, text)
-    client = MlflowClient(tracking_uri())
-    with mlflow.start_run(run_id=champion.run_id):
-        mlflow.log_artifacts(str(out_dir), "evaluation")
-        if truth_figures:
-            mlflow.log_metrics(truth_figures)
-        mlflow.set_tag("champion_candidate", "true")
-    name = registered_model_name(target)
-    version = mlflow.register_model(
-        champion.model_uri, name, tags={"family": champion.name, "data_fingerprint": prepared.fingerprint}
-    )
-    baseline_rmse = baselines[HEADLINE_BASELINE]["test_rmse"]
-    required = baseline_rmse * (1 - config.margin_pct / 100.0)
-    summary = {
-        "target": target,
-        "champion_family": champion.name,
-        "run_id": champion.run_id,
-        "registered_model": name,
-        "version": version.version,
-        **headline,
-        "baseline_linear_test_rmse": baseline_rmse,
-        "required_test_rmse": required,
-        "families": comparison,
-        "truth": truth_figures,
-        "report_dir": str(out_dir),
-    }
-    if champion.metrics["test_rmse"] > required:
-        client.set_model_version_tag(name, version.version, "gate", "failed")
-        raise GateFailed(
-            f"{name} v{version.version} ({champion.name}) has test RMSE "
-            f"{champion.metrics['test_rmse']:.4f}; the gate needs <= {required:.4f} "
-            f"({config.margin_pct:g}% below the linear baseline's {baseline_rmse:.4f}). "
-            "Registered without the champion alias; the previous champion stays."
-        )
-    client.set_model_version_tag(name, version.version, "gate", "passed")
-    client.set_registered_model_alias(name, "champion", version.version)
-    if config.export_bento:
-        from training.export import export_champion
-
-        summary["bento_tag"] = str(
-            export_champion(
-                champion.model,
-                target,
-                {
-                    "registered_model": name,
-                    "registry_version": str(version.version),
-                    "family": champion.name,
-                    "mlflow_run_id": champion.run_id,
-                    "interval_90_halfwidth": champion.metrics["interval_90_halfwidth"],
-                    "test_rmse": champion.metrics["test_rmse"],
-                    "data_fingerprint": prepared.fingerprint,
-                },
-            )
-        )
-    return summary
-
-
-def comparison_table(baselines: dict[str, dict[str, float]], candidates: list[Candidate]) -> pd.DataFrame:
-    """One row per baseline and family: the table reviewers and the issue note need."""
-    rows = [
-        {"model": name, **{k: m[k] for k in ("val_rmse", "test_mae", "test_rmse", "test_r2")}}
-        for name, m in baselines.items()
-    ]
-    rows += [
-        {
-            "model": c.name,
-            **{
-                k: c.metrics[k]
-                for k in (
-                    "val_rmse",
-                    "test_mae",
-                    "test_rmse",
-                    "test_r2",
-                    "rmse_reduction_vs_baseline_pct",
-                    "tune_seconds",
-                    "fit_seconds",
-                )
-            },
-        }
-        for c in candidates
-    ]
     return pd.DataFrame(rows)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def train(config: TrainConfig, data: DistrictData | None = None) -> dict:
+    """Fit, compare, register and gate one subject's growth model; returns a summary with the gate result."""
+    data = data or load_data(config.source)
+    subject = config.data.subject
+    tuned = tuned_families(config, data.fingerprint)
+    prepared = prepare(data, config.data)
+    use_experiment(subject)
+    tags = {
+        "subject": subject,
+        "data_fingerprint": data.fingerprint,
+        "split": prepared.split.scheme,
+        "split_seed": str(config.data.seed),
+        "protected_inputs": str(config.data.protected_inputs),
+    }
+    baselines = fit_baselines(prepared, tags)
+    candidates = [fit_candidate(prepared, family, tuned[family], baselines, tags) for family in tuned]
+    if config.ensemble and len(candidates) >= 2:
+        candidates.append(ensemble_candidate(prepared, candidates, baselines, tags))
+    choice = min(candidates, key=lambda c: c.metrics["val_rmse"])
+    log.info("%s: champion by validation RMSE is %s (%.4f)", subject, choice.name, choice.metrics["val_rmse"])
+    start = time.perf_counter()
+    final = refit_champion(prepared, choice, tuned, config.refit)
+    refit_seconds = time.perf_counter() - start
+    interval = fit_intervals(prepared, choice.fitted, final, get_settings().interval_level)
+    model = GrowthModel(
+        subject=subject,
+        family=choice.name,
+        transform=prepared.transform,
+        estimator=final,
+        interval=interval,
+        input_columns=tuple(prepared.input_columns),
+        required=("school_id", "grade", prior_score_column(subject)),
+        meta={
+            "data_fingerprint": data.fingerprint,
+            "split": prepared.split.describe(),
+            "years": data.district.years,
+            "members": list(choice.members),
+            "refit_on_train_and_val": config.refit,
+        },
+    )
+    from training.champion import finish_growth_champion
+
+    summary = finish_growth_champion(
+        config, prepared, model, choice, candidates, baselines, tags, refit_seconds
+    )
+    return {**summary, "prepared": prepared, "model": model}
+
+
+def train_subject(config: TrainConfig, data: DistrictData | None = None, support: bool = True) -> dict:
+    """Growth model, then (when the subject has cut scores) the needs-support classifier on the same
+    prepared data and transform, then the fairness audit of both on the test year."""
+    from training.fairness import audit, audit_markdown
+    from training.support import NoCutScores
+    from training.train_support import train_support
+
+    data = data or load_data(config.source)
+    growth = train(config, data)
+    prepared, model = growth["prepared"], growth["model"]
+    result = {"growth": growth, "support": None, "fairness": []}
+    if support:
+        try:
+            result["support"] = train_support(config, prepared)
+        except (NoCutScores, StudyError) as err:
+            log.warning("%s: no needs-support model (%s)", config.data.subject, err)
+            result["support_skipped"] = str(err)
+    test = ev.with_school_type(prepared.part("test").reset_index(drop=True), data.district.schools)
+    out = model.predict_interval(prepared.inputs("test"))
+    needs = result["support"]["labels"] if result["support"] else None
+    p = result["support"]["probabilities"] if result["support"] else None
+    growth_table, support_table, sentences = audit(
+        test, prepared.y_part("test"), out["predicted"], out["low"], out["high"], needs, p
+    )
+    from training.champion import write_folder
+
+    folder = Path(config.out_dir) / config.data.subject
+    files = {
+        "fairness.md": audit_markdown(config.data.subject, growth_table, support_table, sentences),
+        "fairness_growth.csv": growth_table.to_csv(index=False),
+    }
+    if support_table is not None:
+        files["fairness_support.csv"] = support_table.to_csv(index=False)
+    write_folder(folder, files)
+    client = MlflowClient(tracking_uri())
+    for summary in (growth, result["support"]):
+        if summary:
+            for name in files:
+                client.log_artifact(summary["run_id"], str(folder / name), "evaluation")
+    result["fairness"] = sentences
+    result["fairness_tables"] = (growth_table, support_table)
+    return result

@@ -1,0 +1,192 @@
+"""Reading records files column-wise and turning text cells into contract values, fast.
+
+Every column is read as dictionary-encoded text (pyarrow), so a 10-million-row file costs one
+small integer per cell and each distinct value is parsed once: a scale-score column with 800
+distinct values is converted by parsing 800 strings, and a bad cell is located through its code.
+Parquet is read column-wise, only the mapped columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from features.validation import MAX_ROWS_SHOWN, ContractError, Problem
+
+TRUE_WORDS = frozenset({"1", "true", "t", "yes", "y", "1.0"})
+FALSE_WORDS = frozenset({"0", "false", "f", "no", "n", "0.0"})
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a frame's rows came from: file of each row and its 1-based data row within that file."""
+
+    files: tuple[str, ...]
+    file_index: np.ndarray  # int16 per row
+    row: np.ndarray  # int32 per row, 1-based data row (the file's line is row + 1 for CSV)
+
+    def problems(
+        self, mask: np.ndarray, column: str, expected: str, found: Sequence[object] | np.ndarray
+    ) -> list[Problem]:
+        """One Problem per file for the rows in ``mask``, showing the first few values found."""
+        positions = np.flatnonzero(mask)
+        if not len(positions):
+            return []
+        found = np.asarray(found, dtype=object)
+        out = []
+        for index in np.unique(self.file_index[positions]):
+            mine = positions[self.file_index[positions] == index]
+            shown = [str(v) for v in found[np.isin(positions, mine)][:MAX_ROWS_SHOWN]]
+            out.append(
+                Problem(
+                    self.files[index], column, tuple(int(r) for r in self.row[mine]), expected, tuple(shown)
+                )
+            )
+        return out
+
+    def take(self, keep: np.ndarray) -> Located:
+        return Located(self.files, self.file_index[keep], self.row[keep])
+
+
+def header(path: Path) -> list[str]:
+    """Column names of a CSV (first line, BOM and spaces stripped) or Parquet file, reading no data."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return list(pq.read_schema(path).names)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        first = next(csv.reader(handle), [])
+    return [name.strip() for name in first]
+
+
+def read_text_columns(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
+    """Read the file columns named in ``columns`` (contract name -> file column) as categorical text,
+    under contract names. Numbers in Parquet files stay numbers."""
+    wanted = list(dict.fromkeys(columns.values()))
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        table = pq.read_table(path, columns=wanted)
+        table = table.cast(
+            pa.schema(
+                [
+                    pa.field(
+                        f.name,
+                        TEXT if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) else f.type,
+                    )
+                    for f in table.schema
+                ]
+            )
+        )
+    else:
+        names = header(path)
+        try:
+            table = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=1 << 24),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=wanted,
+                    column_types={name: TEXT for name in wanted},
+                    strings_can_be_null=True,
+                    null_values=["", "NA", "N/A", "NULL", "null", "NaN", "nan", "."],
+                ),
+            )
+        except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+            raise ContractError([Problem(str(path), None, (), f"a UTF-8 CSV file ({err})")]) from None
+    frame = table.to_pandas(self_destruct=True)
+    return pd.DataFrame({name: frame[source] for name, source in columns.items()})
+
+
+def tidy_text(series: pd.Series) -> pd.Series:
+    """Categorical text with surrounding whitespace stripped; empty cells become missing."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype("string").astype("category")
+    categories = pd.Index(series.cat.categories.astype(str)).str.strip()
+    unique, inverse = np.unique(np.asarray(categories, dtype=object), return_inverse=True)
+    codes = series.cat.codes.to_numpy()
+    new_codes = np.where(codes >= 0, inverse[np.maximum(codes, 0)], -1).astype(np.int32)
+    empty = np.flatnonzero(unique == "")
+    if len(empty):
+        new_codes[new_codes == empty[0]] = -1
+    return pd.Series(pd.Categorical.from_codes(new_codes, categories=unique), index=series.index)
+
+
+def numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 values, mask of cells that are present but not numbers)."""
+    if pd.api.types.is_numeric_dtype(series) and not isinstance(series.dtype, pd.CategoricalDtype):
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+        return values, np.zeros(len(values), dtype=bool)
+    text = tidy_text(series)
+    parsed = pd.to_numeric(pd.Series(text.cat.categories), errors="coerce").to_numpy(dtype=float)
+    codes = text.cat.codes.to_numpy()
+    values = np.where(codes >= 0, parsed[np.maximum(codes, 0)] if len(parsed) else np.nan, np.nan)
+    bad = (codes >= 0) & np.isnan(values)
+    return values, bad
+
+
+def mapped_values(
+    series: pd.Series, mapping: Mapping[str, object] | None, default: Mapping[str, object] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map each distinct code through ``mapping`` (else ``default``, e.g. yes/no words).
+
+    Returns (values as an object array, mask of unmapped present cells, the original text)."""
+    text = tidy_text(series)
+    categories = np.asarray(text.cat.categories, dtype=object)
+    lookup = {str(k).strip(): v for k, v in (mapping or {}).items()}
+    fallback = {str(k).strip().lower(): v for k, v in (default or {}).items()}
+    converted = np.empty(len(categories), dtype=object)
+    known = np.zeros(len(categories), dtype=bool)
+    for i, code in enumerate(categories):
+        if code in lookup:
+            converted[i], known[i] = lookup[code], True
+        elif not lookup and code.lower() in fallback:
+            converted[i], known[i] = fallback[code.lower()], True
+        elif not lookup and default is None:
+            converted[i], known[i] = code, True
+    codes = text.cat.codes.to_numpy()
+    present = codes >= 0
+    safe = np.maximum(codes, 0)
+    values = np.where(present, converted[safe] if len(converted) else None, None)
+    unmapped = present & ~(known[safe] if len(known) else np.zeros(len(codes), bool))
+    original = np.where(present, categories[safe] if len(categories) else None, None)
+    return values, unmapped, original
+
+
+BOOL_WORDS: dict[str, bool] = {**{w: True for w in TRUE_WORDS}, **{w: False for w in FALSE_WORDS}}
+
+
+def school_year_values(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """2023, '2023', '2022-2023', '2022-23' and '2022/23' all mean the school year ending in 2023."""
+    text = tidy_text(series)
+    categories = pd.Series(np.asarray(text.cat.categories, dtype=object), dtype="string")
+    parts = categories.str.extract(r"^(\d{4})(?:\s*[-/]\s*(\d{2}|\d{4}))?$")
+    start = pd.to_numeric(parts[0], errors="coerce")
+    end = parts[1]
+    year = start.copy()
+    has_end = end.notna()
+    end_num = pd.to_numeric(end, errors="coerce")
+    full = has_end & (end.str.len() == 4)
+    short = has_end & (end.str.len() == 2)
+    year[full] = end_num[full]
+    year[short] = (start[short] // 100) * 100 + end_num[short]
+    year[short & (year <= start)] += 100
+    consistent = ~has_end | (year == start + 1)
+    year = year.where(consistent)
+    codes = text.cat.codes.to_numpy()
+    lookup = year.to_numpy(dtype=float, na_value=np.nan)
+    values = np.where(codes >= 0, lookup[np.maximum(codes, 0)] if len(lookup) else np.nan, np.nan)
+    return values, (codes >= 0) & np.isnan(values)
+
+
+def year_from_filename(path: Path) -> int | None:
+    """The last 4-digit number between 1900 and 2100 in a file name, for one-file-per-year exports."""
+    import re
+
+    years = [int(y) for y in re.findall(r"(?<!\d)(\d{4})(?!\d)", path.stem) if 1900 < int(y) < 2100]
+    return years[-1] if years else None

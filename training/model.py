@@ -1,0 +1,103 @@
+"""The objects that are logged to MLflow, registered, exported to BentoML and served: each holds the
+fitted transform (the one transform, saved with the model), the estimator and what the response
+needs (intervals, input fields). They accept a DataFrame (batch) or a dict of column arrays (one
+HTTP request) and run the same code for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+from features.transform import GrowthTransform
+from training.intervals import IntervalModel, count_missing
+
+
+class AveragedRegressor(BaseEstimator, RegressorMixin):
+    """Weighted average of fitted regressors on the same matrix (an ensemble registered as one model)."""
+
+    def __init__(
+        self, estimators: Sequence[Any] = (), weights: Sequence[float] = (), names: Sequence[str] = ()
+    ):
+        self.estimators = estimators
+        self.weights = weights
+        self.names = names
+
+    def fit(self, X, y):  # members are fitted before they are averaged
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(X))
+        for estimator, weight in zip(self.estimators, self.weights, strict=True):
+            total += weight * np.asarray(estimator.predict(X), dtype=float)
+        return total
+
+
+def _predict(estimator: Any, features: np.ndarray) -> np.ndarray:
+    """LightGBM boosters predict single rows faster with one thread; everything else as usual."""
+    if len(features) <= 64 and hasattr(estimator, "booster_"):
+        return np.asarray(estimator.predict(features, num_threads=1), dtype=float)
+    return np.asarray(estimator.predict(features), dtype=float)
+
+
+@dataclass
+class GrowthModel(BaseEstimator, RegressorMixin):
+    """Predicted growth (target-year score minus prior-year score) of one subject, with intervals."""
+
+    subject: str = "math"
+    family: str = ""
+    transform: GrowthTransform | None = None
+    estimator: Any = None
+    interval: IntervalModel | None = None
+    input_columns: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+    def features(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return self.transform.transform(X)
+
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return _predict(self.estimator, self.features(X))
+
+    def predict_interval(self, X: pd.DataFrame | dict) -> dict[str, np.ndarray]:
+        """Prediction, interval bounds, whether the school was unseen, and the fields missing."""
+        features = self.features(X)
+        predicted = _predict(self.estimator, features)
+        unseen = self.transform.unseen_school(X)
+        missing = count_missing(X, self.interval.optional) if self.interval else np.zeros(len(predicted), int)
+        half = (
+            self.interval.halfwidth(features, missing, unseen)
+            if self.interval
+            else np.full(len(predicted), np.nan)
+        )
+        return {
+            "predicted": predicted,
+            "low": predicted - half,
+            "high": predicted + half,
+            "unseen": unseen,
+            "n_missing": missing,
+        }
+
+
+@dataclass
+class SupportModel(BaseEstimator, ClassifierMixin):
+    """P(needs support): the target-year score falls below the proficient cut of the target-year grade."""
+
+    subject: str = "math"
+    family: str = ""
+    transform: GrowthTransform | None = None
+    estimator: Any = None
+    input_columns: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+    def predict_proba(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return self.estimator.predict_proba(self.transform.transform(X))
+
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        """The probability of needing support (what the registry's signature and batch scoring show)."""
+        return self.predict_proba(X)[:, 1]
