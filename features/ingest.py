@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features import records as rec
 from features.contract import (
@@ -259,23 +260,19 @@ def read_records(
         ]
     if problems:
         raise ConfigError(config.path, problems)
-    frames, file_index, rows = [], [], []
+    tables, file_index, rows = [], [], []
     with _steps(progress, len(paths)) as advance:
         for index, path in enumerate(paths):
-            frame = rec.read_text_columns(path, mapping)
+            table = rec.read_table(path, mapping)
             if config.columns.school_year is None:
-                frame["school_year"] = pd.Series(
-                    str(rec.year_from_filename(path)), index=frame.index, dtype="category"
-                )
-            frames.append(frame)
-            file_index.append(np.full(len(frame), index, dtype=np.int16))
-            rows.append(np.arange(1, len(frame) + 1, dtype=np.int32))
+                year = pa.array([str(rec.year_from_filename(path))] * table.num_rows).dictionary_encode()
+                table = table.append_column("school_year", year)
+            tables.append(table)
+            file_index.append(np.full(table.num_rows, index, dtype=np.int16))
+            rows.append(np.arange(1, table.num_rows + 1, dtype=np.int32))
             advance(f"read {path.name}")
     located = rec.Located(tuple(str(p) for p in paths), np.concatenate(file_index), np.concatenate(rows))
-    combined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    for column in combined.columns:
-        if combined[column].dtype == object:
-            combined[column] = combined[column].astype("category")
+    combined = rec.tables_to_frame(tables)
     if config.format == "wide":
         combined, located = melt_wide(combined, located, config)
     return combined, located, paths
@@ -331,12 +328,9 @@ def convert_records(
     def file_column(name: str) -> str:
         return col.get(name, name)
 
-    def config_problem(key: str, mask: np.ndarray, codes: np.ndarray, name: str, expected: str) -> None:
-        found = sorted({str(c) for c in codes[mask]})[:10]
-        problems.extend(
-            located.problems(mask, file_column(name), f"{expected} (config key '{key}')", codes[mask])
-        )
-        log.debug("unmapped %s codes: %s", name, found)
+    def config_problem(key: str, mask: np.ndarray, found: np.ndarray, name: str, expected: str) -> None:
+        """Rows whose code the config does not map; ``found`` holds their texts."""
+        problems.extend(located.problems(mask, file_column(name), f"{expected} (config key '{key}')", found))
 
     # Identity and time.
     ids = rec.tidy_text(frame["student_id"])
@@ -361,34 +355,36 @@ def convert_records(
     else:
         subject_codes = {code: name for name, spec in config.subjects.items() for code in spec.codes}
     skip = set(config.skip_subject_codes)
-    names, unmapped, original = rec.mapped_values(
-        frame["subject"], {**subject_codes, **{c: None for c in skip}}
-    )
+    coded = rec.Coded.of(frame["subject"])
+    names, known = coded.mapped({**subject_codes, **{c: None for c in skip}})
+    unmapped = coded.unmapped_rows(known)
     config_problem(
         "subjects.<name>.codes",
         unmapped,
-        original,
+        coded.text(unmapped),
         "subject",
         f"a subject code listed in a [subjects.*] codes list ({', '.join(subject_codes)}) "
         "or in skip_subject_codes",
     )
     order = {s.name: i for i, s in enumerate(subjects)}
-    subject_index = np.array([order.get(n, -1) if n is not None else -1 for n in names], dtype=np.int8)
-    out["subject"] = subject_index
-    out["_skipped"] = np.array([o is not None and n is None for n, o in zip(names, original, strict=True)])
+    per_code = np.array([order.get(n, -1) if n is not None else -1 for n in names], dtype=np.int8)
+    out["subject"] = coded.rows(per_code, np.int8(-1))
+    skipped = np.array([k and n is None for n, k in zip(names, known, strict=True)], dtype=bool)
+    out["_skipped"] = coded.rows(skipped, False)
 
     # Grade.
-    grade_values, unmapped, original = rec.mapped_values(frame["grade"], config.values.get("grade"))
+    coded = rec.Coded.of(frame["grade"])
+    mapped, known = coded.mapped(config.values.get("grade"))
     grade_pos = {g: i for i, g in enumerate(config.grades)}
-    grade_index = np.array(
-        [grade_pos.get(str(g), -2) if g is not None else MISSING_GRADE for g in grade_values], dtype=np.int16
-    )
-    bad_grade = (grade_index == -2) | unmapped
+    per_code = np.array([grade_pos.get(str(g), -2) if k else -2 for g, k in zip(mapped, known, strict=True)],
+                        dtype=np.int16)
+    grade_index = coded.rows(per_code, np.int16(MISSING_GRADE))
+    bad_grade = grade_index == -2
     problems += located.problems(
         bad_grade,
         file_column("grade"),
         f"one of the grades {', '.join(config.grades)} (config key 'grades')",
-        original[bad_grade],
+        coded.text(bad_grade),
     )
     empty_grade = grade_index == MISSING_GRADE
     problems += located.problems(
@@ -398,8 +394,13 @@ def convert_records(
 
     # Scale score, within the subject's declared scale for the grade.
     scores, bad = rec.numbers(frame["scale_score"])
-    text = rec.tidy_text(frame["scale_score"]).astype(object).to_numpy()
-    problems += located.problems(bad, file_column("scale_score"), "a number (a scale score)", text[bad])
+    score_text = rec.Coded.of(frame["scale_score"]) if not pd.api.types.is_numeric_dtype(
+        frame["scale_score"]) else None
+
+    def text(mask: np.ndarray) -> np.ndarray:
+        return score_text.text(mask) if score_text is not None else scores[mask]
+
+    problems += located.problems(bad, file_column("scale_score"), "a number (a scale score)", text(bad))
     low = np.full((len(subjects), len(config.grades)), np.nan)
     high = np.full_like(low, np.nan)
     for i, subject in enumerate(subjects):
@@ -418,7 +419,7 @@ def convert_records(
                 f"a {subject.label} score in grade {grade} within the declared scale "
                 f"{subject.scale_text(grade)} "
                 f"(config key 'subjects.{subject.name}.scale')",
-                text[mask],
+                text(mask),
             )
     empty = ok & np.isnan(scores) & ~bad & ~out["_skipped"]
     problems += located.problems(
@@ -428,26 +429,24 @@ def convert_records(
 
     # Achievement level (optional).
     if "achievement_level" in frame:
-        level_names, unmapped, original = rec.mapped_values(
-            frame["achievement_level"], config.values.get("achievement_level")
-        )
+        coded = rec.Coded.of(frame["achievement_level"])
+        names, known = coded.mapped(config.values.get("achievement_level"))
         level_index = np.full(len(frame), -1, dtype=np.int8)
-        bad_level = np.zeros(len(frame), dtype=bool)
         for i, subject in enumerate(subjects):
             mine = out["subject"] == i
             position = {name: k for k, name in enumerate(subject.levels)}
-            idx = np.array(
-                [position.get(str(v), -2) if v is not None else -1 for v in level_names[mine]], dtype=np.int8
-            )
-            level_index[mine] = np.maximum(idx, -1)
-            bad_level[mine] = (idx == -2) | unmapped[mine]
+            per_code = np.array([position.get(str(v), -2) if k else -2 for v, k in zip(names, known, strict=True)],
+                                dtype=np.int8)
+            idx = coded.rows(per_code, np.int8(-1))
+            bad_level = mine & (idx == -2)
+            level_index[mine] = np.maximum(idx[mine], -1)
             if subject.levels:
                 problems += located.problems(
-                    bad_level & mine,
+                    bad_level,
                     file_column("achievement_level"),
                     f"one of the {subject.label} levels {', '.join(subject.levels)} "
                     f"(config key 'subjects.{subject.name}.levels')",
-                    original[bad_level & mine],
+                    coded.text(bad_level),
                 )
         out["achievement_level"] = level_index
 
@@ -470,16 +469,17 @@ def convert_records(
             out[spec.name] = values
             problems += found
     if "valid_case" in frame:
-        values, unmapped, original = rec.mapped_values(
-            frame["valid_case"], config.values.get("valid_case"), rec.BOOL_WORDS
-        )
+        coded = rec.Coded.of(frame["valid_case"])
+        values, known = coded.mapped(config.values.get("valid_case"), rec.BOOL_WORDS)
+        unmapped = coded.unmapped_rows(known)
         problems += located.problems(
             unmapped,
             file_column("valid_case"),
             "a valid-case code mapped to true/false (config key 'values.valid_case')",
-            original[unmapped],
+            coded.text(unmapped),
         )
-        out["valid_case"] = np.array([v is None or bool(v) for v in values])
+        per_code = np.array([not k or bool(v) for v, k in zip(values, known, strict=True)], dtype=bool)
+        out["valid_case"] = coded.rows(per_code, True)
     return Converted(out, problems)
 
 
@@ -489,34 +489,37 @@ def convert_attribute(
     """One attribute or engagement column: value map, type and range; problems name the config key."""
     key = f"values.{spec.name}"
     if spec.kind == "bool":
-        values, unmapped, original = rec.mapped_values(series, config.values.get(spec.name), rec.BOOL_WORDS)
+        coded = rec.Coded.of(series)
+        values, known = coded.mapped(config.values.get(spec.name), rec.BOOL_WORDS)
+        unmapped = coded.unmapped_rows(known)
         expected = (
             "a yes/no value (0/1, true/false, yes/no)"
             if spec.name not in config.values
             else f"a code listed in the config (key '{key}')"
         )
-        problems = located.problems(unmapped, file_column, expected, original[unmapped])
-        floats = np.array(
-            [np.nan if v is None or v is np.nan else float(bool(v)) for v in values], dtype=np.float32
-        )
-        floats[unmapped] = np.nan
-        return floats, problems
+        problems = located.problems(unmapped, file_column, expected, coded.text(unmapped))
+        per_code = np.array([float(bool(v)) if k else np.nan for v, k in zip(values, known, strict=True)],
+                            dtype=np.float32)
+        return coded.rows(per_code, np.float32(np.nan)), problems
     if spec.kind == "category":
         allowed = RECORD_GENDERS if spec.name == "gender" else PARENTAL_EDUCATION
-        values, unmapped, original = rec.mapped_values(series, config.values.get(spec.name))
-        bad = unmapped | np.array([v is not None and v not in allowed for v in values])
+        coded = rec.Coded.of(series)
+        values, known = coded.mapped(config.values.get(spec.name))
+        position = {a: i for i, a in enumerate(allowed)}
+        per_code = np.array([position.get(v, -2) if k else -2 for v, k in zip(values, known, strict=True)],
+                            dtype=np.int16)
+        index = coded.rows(per_code, np.int16(-1))
+        bad = index == -2
         expected = (
             f"one of {', '.join(allowed)}"
             if spec.name not in config.values
             else f"a code listed in the config (key '{key}') that maps to one of {', '.join(allowed)}"
         )
-        problems = located.problems(bad, file_column, expected, original[bad])
-        cleaned = np.where(bad, None, values)
-        return pd.Categorical(
-            cleaned, categories=list(allowed), ordered=spec.name == "parental_education"
+        problems = located.problems(bad, file_column, expected, coded.text(bad))
+        return pd.Categorical.from_codes(
+            np.maximum(index, -1), categories=list(allowed), ordered=spec.name == "parental_education"
         ), problems
     numbers, bad = rec.numbers(series)
-    text = rec.tidy_text(series).astype(object).to_numpy()
     high = config.school_days if spec.name == "days_absent" else spec.max
     noun = "a whole number" if spec.kind == "int" else "a number"
     expected = f"{noun} {spec.min:g} to {high:g}" if high is not None else noun
@@ -525,8 +528,11 @@ def convert_attribute(
     )
     if spec.kind == "int":
         outside |= ~np.isnan(numbers) & (numbers != np.floor(numbers))
-    problems = located.problems(bad | outside, file_column, expected, text[bad | outside])
-    numbers[bad | outside] = np.nan
+    wrong = bad | outside
+    found = (rec.Coded.of(series).text(wrong) if wrong.any() and not pd.api.types.is_numeric_dtype(series)
+             else numbers[wrong])
+    problems = located.problems(wrong, file_column, expected, found)
+    numbers[wrong] = np.nan
     return numbers.astype(np.float32), problems
 
 
@@ -713,15 +719,18 @@ def read_schools(config: DistrictConfig) -> tuple[pd.DataFrame | None, list[Prob
     if "school_name" in frame:
         out["school_name"] = rec.tidy_text(frame["school_name"]).astype(str)
     if "type" in frame:
-        values, unmapped, original = rec.mapped_values(frame["type"], config.values.get("type"))
-        bad = unmapped | np.array([v is not None and v not in SCHOOL_TYPES for v in values])
+        coded = rec.Coded.of(frame["type"])
+        values, known = coded.mapped(config.values.get("type"))
+        per_code = np.array([v if k and v in SCHOOL_TYPES else None for v, k in zip(values, known, strict=True)],
+                            dtype=object)
+        bad = coded.present & coded.rows(np.array([v is None for v in per_code]), False)
         found += located.problems(
             bad,
             mapping["type"],
             f"a school type mapping to {', '.join(SCHOOL_TYPES)} (config key 'values.type')",
-            original[bad],
+            coded.text(bad),
         )
-        out["type"] = pd.Categorical(np.where(bad, None, values), categories=list(SCHOOL_TYPES))
+        out["type"] = pd.Categorical(coded.rows(per_code, None), categories=list(SCHOOL_TYPES))
     for name, noun in (("size", "a whole number >= 0"), ("budget", "a number >= 0")):
         if name in frame:
             numbers, bad = rec.numbers(frame[name])
@@ -730,8 +739,9 @@ def read_schools(config: DistrictConfig) -> tuple[pd.DataFrame | None, list[Prob
             found += located.problems(bad, mapping[name], noun, text[bad])
             out[name] = np.where(bad, np.nan, numbers)
     if "level" in frame:
-        values, _, _ = rec.mapped_values(frame["level"], config.values.get("level"))
-        out["level"] = pd.Categorical(values)
+        coded = rec.Coded.of(frame["level"])
+        values, _ = coded.mapped(config.values.get("level"))
+        out["level"] = pd.Categorical(coded.rows(values, None))
     return out, found, path
 
 

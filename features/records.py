@@ -67,9 +67,9 @@ def header(path: Path) -> list[str]:
     return [name.strip() for name in first]
 
 
-def read_text_columns(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
-    """Read the file columns named in ``columns`` (contract name -> file column) as categorical text,
-    under contract names. Numbers in Parquet files stay numbers."""
+def read_table(path: Path, columns: Mapping[str, str]) -> pa.Table:
+    """Read the file columns named in ``columns`` (contract name -> file column) as an Arrow table under
+    contract names: text as dictionary-encoded strings; numbers in Parquet files stay numbers."""
     wanted = list(dict.fromkeys(columns.values()))
     if path.suffix.lower() in PARQUET_SUFFIXES:
         table = pq.read_table(path, columns=wanted)
@@ -99,8 +99,18 @@ def read_text_columns(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
             )
         except (pa.ArrowInvalid, UnicodeDecodeError) as err:
             raise ContractError([Problem(str(path), None, (), f"a UTF-8 CSV file ({err})")]) from None
-    frame = table.to_pandas(self_destruct=True)
-    return pd.DataFrame({name: frame[source] for name, source in columns.items()})
+    return pa.table({name: table.column(source) for name, source in columns.items()})
+
+
+def tables_to_frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """One frame from several files' tables; dictionaries are unified, so text stays categorical."""
+    combined = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return combined.to_pandas(self_destruct=True)
+
+
+def read_text_columns(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
+    """``read_table`` as a pandas frame (categorical text)."""
+    return tables_to_frame([read_table(path, columns)])
 
 
 def tidy_text(series: pd.Series) -> pd.Series:
@@ -130,32 +140,53 @@ def numbers(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, bad
 
 
-def mapped_values(
-    series: pd.Series, mapping: Mapping[str, object] | None, default: Mapping[str, object] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map each distinct code through ``mapping`` (else ``default``, e.g. yes/no words).
+@dataclass(frozen=True)
+class Coded:
+    """A text column as codes into its distinct values, so every conversion (value maps, grade and
+    subject lookups, booleans) runs once per distinct value and then indexes the rows."""
 
-    Returns (values as an object array, mask of unmapped present cells, the original text)."""
-    text = tidy_text(series)
-    categories = np.asarray(text.cat.categories, dtype=object)
-    lookup = {str(k).strip(): v for k, v in (mapping or {}).items()}
-    fallback = {str(k).strip().lower(): v for k, v in (default or {}).items()}
-    converted = np.empty(len(categories), dtype=object)
-    known = np.zeros(len(categories), dtype=bool)
-    for i, code in enumerate(categories):
-        if code in lookup:
-            converted[i], known[i] = lookup[code], True
-        elif not lookup and code.lower() in fallback:
-            converted[i], known[i] = fallback[code.lower()], True
-        elif not lookup and default is None:
-            converted[i], known[i] = code, True
-    codes = text.cat.codes.to_numpy()
-    present = codes >= 0
-    safe = np.maximum(codes, 0)
-    values = np.where(present, converted[safe] if len(converted) else None, None)
-    unmapped = present & ~(known[safe] if len(known) else np.zeros(len(codes), bool))
-    original = np.where(present, categories[safe] if len(categories) else None, None)
-    return values, unmapped, original
+    codes: np.ndarray  # int32 per row; -1 for an empty cell
+    categories: np.ndarray  # object: the distinct texts, whitespace stripped
+
+    @classmethod
+    def of(cls, series: pd.Series) -> Coded:
+        text = tidy_text(series)
+        return cls(text.cat.codes.to_numpy().astype(np.int32), np.asarray(text.cat.categories, dtype=object))
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.codes >= 0
+
+    def rows(self, per_category: np.ndarray, empty: object) -> np.ndarray:
+        """Per-row values from one value per distinct text (``empty`` for empty cells)."""
+        table = np.append(np.asarray(per_category), np.asarray([empty], dtype=np.asarray(per_category).dtype))
+        return table[np.where(self.codes >= 0, self.codes, len(self.categories))]
+
+    def text(self, mask: np.ndarray) -> np.ndarray:
+        """The texts of the rows in ``mask`` (for messages)."""
+        return self.categories[self.codes[mask]] if mask.any() else np.array([], dtype=object)
+
+    def mapped(self, mapping: Mapping[str, object] | None, default: Mapping[str, object] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(mapped value per distinct text, whether each was mapped): through ``mapping`` when the config
+        gives one, else through ``default`` (e.g. yes/no words), else the text itself."""
+        lookup = {str(k).strip(): v for k, v in (mapping or {}).items()}
+        fallback = {str(k).strip().lower(): v for k, v in (default or {}).items()}
+        values = np.empty(len(self.categories), dtype=object)
+        known = np.zeros(len(self.categories), dtype=bool)
+        for i, code in enumerate(self.categories):
+            if lookup:
+                known[i] = code in lookup
+                values[i] = lookup.get(code)
+            elif default is not None:
+                known[i] = code.lower() in fallback
+                values[i] = fallback.get(code.lower())
+            else:
+                values[i], known[i] = code, True
+        return values, known
+
+    def unmapped_rows(self, known: np.ndarray) -> np.ndarray:
+        return self.present & ~self.rows(known, True)
 
 
 BOOL_WORDS: dict[str, bool] = {**{w: True for w in TRUE_WORDS}, **{w: False for w in FALSE_WORDS}}

@@ -67,14 +67,6 @@ def _column(X: Any, name: str, n: int) -> np.ndarray | None:
     return None if values is None else np.asarray(values)
 
 
-def _floats(values: np.ndarray | None, n: int) -> np.ndarray:
-    if values is None:
-        return np.full(n, np.nan)
-    if values.dtype == object:
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-    return values.astype(float, copy=False)
-
-
 @dataclass(frozen=True)
 class Lookup:
     """Text -> position, by dictionary for a few values and by a pandas Index for many (same result)."""
@@ -130,30 +122,44 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         self.gender_lookup_ = Lookup.of(RECORD_GENDERS)
         self.parent_lookup_ = Lookup.of(PARENTAL_EDUCATION)
         self._fit_schools()
+        self.priors_ = [prior_score_column(s, back) for s in self.subjects_ for back in (1, 2)]
+        self.prior_backs_ = np.array([back for _ in self.subjects_ for back in (1, 2)])
+        self.numeric_ = [*self.priors_, *(c for c in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT)
+                                          if c not in self.exclude)]
+        self.use_gender_ = "gender" not in self.exclude
+        values = self._numeric_values(X, n)
         grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
-        self.prior_moments_ = {}
-        self.medians_ = {}
-        for subject in self.subjects_:
-            for back in (1, 2):
-                column = prior_score_column(subject, back)
-                values = _floats(_column(X, column, n), n)
-                self.medians_[column] = _nanmedian(values)
-                self.prior_moments_[column] = grade_moments(values, grade - back, len(self.grades))
-            gain = _floats(_column(X, prior_score_column(subject), n), n) - _floats(
-                _column(X, prior_score_column(subject, 2), n), n
-            )
-            self.medians_[f"gain_{subject}"] = _nanmedian(gain)
-        for column in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT):
-            values = _floats(_column(X, column, n), n)
-            self.medians_[column] = _nanmean(values) if column in FLAGS else _nanmedian(values)
+        self.fill_ = np.array([_nanmean(values[:, j]) if c in FLAGS else _nanmedian(values[:, j])
+                               for j, c in enumerate(self.numeric_)])
+        moments = [grade_moments(values[:, k], grade - back, len(self.grades))
+                   for k, back in enumerate(self.prior_backs_)]
+        self.prior_mean_ = np.column_stack([m[0] for m in moments])  # (grades + 1) x priors
+        self.prior_sd_ = np.column_stack([m[1] for m in moments])
+        gains = values[:, 0:len(self.priors_):2] - values[:, 1:len(self.priors_):2]
+        self.gain_fill_ = np.array([_nanmedian(gains[:, j]) for j in range(gains.shape[1])])
         parent = self.parent_lookup_.positions(_column(X, "parental_education", n), n).astype(float)
-        self.medians_["parental_education"] = _nanmedian(np.where(parent < 0, np.nan, parent))
+        self.parent_fill_ = _nanmedian(np.where(parent < 0, np.nan, parent))
         self.default_year_ = int(self.school_years_[-1]) + 1
+        # One-hot tables with a zero row last, so an unknown code (-1) gives zeros.
+        self.grade_onehot_ = np.vstack([np.eye(len(self.grades)), np.zeros(len(self.grades))])
+        self.gender_onehot_ = np.vstack([np.eye(len(RECORD_GENDERS)), np.zeros(len(RECORD_GENDERS))])
+        self.feature_names_ = self._names()
         raw = self._raw(X)
-        self.mean_ = raw.mean(axis=0).astype(np.float32)
+        self.mean_ = raw.mean(axis=0)
         scale = raw.std(axis=0)
-        self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+        self.scale_ = np.where(scale > 1e-12, scale, 1.0)
         return self
+
+    def _names(self) -> list[str]:
+        """Output column names, in the order ``_raw`` builds them."""
+        return [
+            "grade_index", *(f"grade={g}" for g in self.grades),
+            *self.numeric_, *(f"{c}_missing" for c in self.numeric_),
+            *(f"{c}_z" for c in self.priors_), *(f"gain_{s}" for s in self.subjects_),
+            *((f"gender={g}" for g in RECORD_GENDERS) if self.use_gender_ else ()),
+            "parental_education", "parental_education_missing",
+            *self.school_feature_names(),
+        ]
 
     def _fit_schools(self) -> None:
         """The school-year table as a float32 matrix with one district row per year, and lookups."""
@@ -205,7 +211,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
             if years is None
             else np.where(pd.isna(years), self.default_year_, years).astype(np.int64)
         )
-        source = np.clip(target - 1, self.school_years_[0], self.school_years_[-1])
+        source = np.minimum(np.maximum(target - 1, self.school_years_[0]), self.school_years_[-1])
         keys = (
             np.array([f"{s}\x1f{y}" for s, y in zip(schools, source, strict=True)], dtype=object)
             if (n < SMALL_BATCH)
@@ -223,55 +229,48 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
     def unseen_school(self, X: Any) -> np.ndarray:
         return self.school_rows(X)[1]
 
+    def _numeric_values(self, X: Any, n: int) -> np.ndarray:
+        """The numeric inputs as one float64 matrix (absent columns and None as NaN)."""
+        if isinstance(X, pd.DataFrame):
+            out = np.empty((n, len(self.numeric_)))
+            for j, name in enumerate(self.numeric_):
+                out[:, j] = X[name].to_numpy(dtype=float, na_value=np.nan) if name in X.columns else np.nan
+            return out
+        absent = [None] * n
+        return np.array([X.get(name, absent) for name in self.numeric_], dtype=float).reshape(-1, n).T
+
     def _raw(self, X: Any) -> np.ndarray:
-        """Unstandardised features, one block at a time (names in ``feature_names_``)."""
+        """Unstandardised features (names in ``feature_names_``), in a few whole-block operations."""
         n = _length(X)
-        cols: list[np.ndarray] = []
-        names: list[str] = []
-
-        def add(name: str, values: np.ndarray) -> None:
-            cols.append(np.asarray(values, dtype=np.float64))
-            names.append(name)
-
         grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
-        add("grade_index", np.where(grade < 0, np.nan, grade))
-        for g, label in enumerate(self.grades):
-            add(f"grade={label}", grade == g)
-        for subject in self.subjects_:
-            scores = {}
-            for back in (1, 2):
-                column = prior_score_column(subject, back)
-                values = _floats(_column(X, column, n), n)
-                missing = np.isnan(values)
-                scores[back] = values
-                add(column, np.where(missing, self.medians_[column], values))
-                add(f"{column}_missing", missing)
-                mean, sd = self.prior_moments_[column]
-                position = np.clip(grade - back, -1, len(self.grades) - 1)
-                z = (values - mean[position]) / sd[position]
-                add(f"{column}_z", np.where(missing, 0.0, z))
-            gain = scores[1] - scores[2]
-            add(f"gain_{subject}", np.where(np.isnan(gain), self.medians_[f"gain_{subject}"], gain))
-        for column in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT):
-            if column in self.exclude:
-                continue
-            values = _floats(_column(X, column, n), n)
-            missing = np.isnan(values)
-            add(column, np.where(missing, self.medians_[column], values))
-            add(f"{column}_missing", missing)
-        if "gender" not in self.exclude:
-            gender = self.gender_lookup_.positions(_column(X, "gender", n), n)
-            for g, label in enumerate(RECORD_GENDERS):
-                add(f"gender={label}", gender == g)
+        values = self._numeric_values(X, n)
+        missing = np.isnan(values)
+        imputed = np.where(missing, self.fill_, values)
+        k = len(self.priors_)
+        position = np.maximum(grade[:, None] - self.prior_backs_[None, :], -1)  # -1: the overall moments
+        columns = np.arange(k)
+        z = (values[:, :k] - self.prior_mean_[position, columns]) / self.prior_sd_[position, columns]
+        z = np.where(missing[:, :k], 0.0, z)
+        gains = values[:, 0:k:2] - values[:, 1:k:2]
+        gains = np.where(np.isnan(gains), self.gain_fill_, gains)
         parent = self.parent_lookup_.positions(_column(X, "parental_education", n), n).astype(float)
-        add("parental_education", np.where(parent < 0, self.medians_["parental_education"], parent))
-        add("parental_education_missing", parent < 0)
-        rows, _ = self.school_rows(X)
-        school = self.school_matrix_[rows].astype(np.float64)
-        names += self.school_feature_names()
-        raw = np.column_stack([*cols, school]) if cols else school
-        self.feature_names_ = names
-        return raw
+        blocks = [
+            np.where(grade < 0, np.nan, grade)[:, None],
+            self.grade_onehot_[grade],
+            imputed,
+            missing,
+            z,
+            gains,
+        ]
+        if self.use_gender_:
+            gender = self.gender_lookup_.positions(_column(X, "gender", n), n)
+            blocks.append(self.gender_onehot_[gender])
+        blocks += [
+            np.where(parent < 0, self.parent_fill_, parent)[:, None],
+            (parent < 0)[:, None],
+            self.school_matrix_[self.school_rows(X)[0]],
+        ]
+        return np.hstack(blocks).astype(np.float64, copy=False)
 
     def school_feature_names(self) -> list[str]:
         return (
@@ -282,8 +281,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         )
 
     def transform(self, X: Any) -> np.ndarray:
-        raw = self._raw(X)
-        return ((raw - self.mean_) / self.scale_).astype(np.float32)
+        return ((self._raw(X) - self.mean_) / self.scale_).astype(np.float32)
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         return np.asarray(self.feature_names_)

@@ -232,7 +232,10 @@ def report(
     log_mlflow: bool = typer.Option(False, "--mlflow/--no-mlflow", help="Log the report folder to MLflow."),
 ) -> None:
     """Write the district report (report.html + CSV tables) and, with growth pairs, the growth report."""
-    from reports.build import build_report, log_to_mlflow, mlflow_metrics
+    import warnings
+
+    from features.settings import REPORTS_EXPERIMENT
+    from reports.build import OutsideBinsWarning, build_report, log_to_mlflow, mlflow_metrics
     from training.data import Source, load_data
 
     source = source_of(config, schools, students)
@@ -242,26 +245,26 @@ def report(
         data = load_data(source, progress=True)
         if year is not None and year not in data.district.years:
             raise fail(f"--year {year} is not in the data; it has {', '.join(map(str, data.district.years))}")
-        result = build_report(data.district, out, year=year, progress=True)
-    for note in getattr(result, "omitted", {}).items() if hasattr(result, "omitted") else []:
-        typer.secho(f"note: table '{note[0]}' left out: {note[1]}", fg=typer.colors.YELLOW, err=True)
-    for warning in getattr(result, "warnings", []):
-        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-    tables = getattr(result, "tables", result)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutsideBinsWarning)
+            result = build_report(data.district, out, year=year, progress=True)
+    for warning in caught:
+        typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+    for line in result.omitted_lines():
+        typer.echo(line)
+    growth_path = None
     if growth and len(data.pairs):
         from reports.growth_report import build_growth_report
 
         with user_errors():
-            growth_path = build_growth_report(data, out, year=year, progress=True)
-        typer.echo(f"growth report: {growth_path}")
+            growth_path = build_growth_report(data, out, year=result.year, progress=True)
     if log_mlflow:
-        run_id = log_to_mlflow(
-            out,
-            params={"source": source.describe(), "year": year or data.district.years[-1]},
-            metrics=mlflow_metrics(tables),
-        )
-        typer.echo(f"logged {out}/ to MLflow run {run_id}")
-    typer.echo(f"report: {out / 'report.html'}")
+        run_id = log_to_mlflow(out, params={"source": source.describe(), "year": result.year},
+                               metrics=mlflow_metrics(result.tables))
+        typer.echo(f"logged {out}/ to MLflow run {run_id} (experiment {REPORTS_EXPERIMENT})")
+    typer.echo(f"report ({result.year_label}): {result.html_path}")
+    if growth_path:
+        typer.echo(f"growth report: {growth_path}")
 
 
 TASKS = ("growth", "support")

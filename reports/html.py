@@ -1,51 +1,30 @@
 """The self-contained HTML page: display formatting of the tables and the Jinja2 rendering.
 
 The CSVs keep raw numbers; only here are values formatted for people ($1,910,635.00, 65.17%).
-Missing values are shown as a dash with a tooltip, never as 0, and charts are embedded as
-base64 so the page is one file a board member can open offline.
+A missing value is a dash with a tooltip, never 0; a suppressed one (too few students) is a dash
+marked "s" with its reason. Charts are embedded as base64 so the page is one file a board member
+can open offline. The page is a list of sections, each a list of blocks (chart, table, or the
+note standing where a table was left out), so it adapts to what the district has.
 """
 
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from reports.narrative import Narrative
+from reports.formatting import MISSING, is_missing, money, number, pct, score
+from reports.narrative import Narrative
 
 TEMPLATES = Path(__file__).parent / "templates"
-MISSING = "—"
-
-
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA
-
-
-def money(x: float) -> str:
-    """Dollars with cents and thousands separators: $1,910,635.00."""
-    return MISSING if _missing(x) else f"${x:,.2f}"
-
-
-def pct(x: float) -> str:
-    """A 0-100 percentage with two decimals: 65.17%."""
-    return MISSING if _missing(x) else f"{x:.2f}%"
-
-
-def score(x: float) -> str:
-    """An average score with two decimals."""
-    return MISSING if _missing(x) else f"{x:.2f}"
-
-
-def number(x: float) -> str:
-    """A count with thousands separators."""
-    return MISSING if _missing(x) else f"{x:,.0f}"
+COUNT_HEADERS = frozenset({"Total Students", "Total Schools", "Number of Schools", "Rank"})
+TALL_ROWS = 30  # tables longer than this scroll inside a box with a sticky header
 
 
 def formatter_for(header: str) -> Callable[[Any], str] | None:
@@ -54,9 +33,9 @@ def formatter_for(header: str) -> Callable[[Any], str] | None:
         return money
     if header.startswith("%"):
         return pct
-    if header.startswith("Average") or header in ("9th", "10th", "11th", "12th"):
+    if header.startswith("Average"):
         return score
-    if header in ("Total Students", "Total Schools", "Number of Schools", "Rank"):
+    if header in COUNT_HEADERS:
         return number
     return None
 
@@ -66,6 +45,7 @@ class Cell:
     text: str
     numeric: bool
     missing: bool
+    suppressed: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,21 +55,37 @@ class HtmlTable:
     rows: tuple[tuple[Cell, ...], ...]
     flagged: tuple[bool, ...]  # rows to highlight, e.g. "outside bins"
 
+    @property
+    def tall(self) -> bool:
+        return len(self.rows) > TALL_ROWS
 
-def format_table(df: pd.DataFrame, flag: Callable[[pd.Series], bool] | None = None) -> HtmlTable:
-    """Format every cell of a table for display; text columns left, numbers right-aligned."""
-    fmts = [formatter_for(str(c)) for c in df.columns]
-    rows, flagged = [], []
-    for _, row in df.iterrows():
+
+def format_table(
+    df: pd.DataFrame,
+    flag: Callable[[pd.Series], bool] | None = None,
+    suppressed: pd.DataFrame | None = None,
+    formats: Mapping[str, Callable[[Any], str]] | None = None,
+) -> HtmlTable:
+    """Format every cell for display; text columns left, numbers right-aligned. ``suppressed``
+    (same shape, booleans) marks suppressed cells; ``formats`` overrides the header rules."""
+    formats = formats or {}
+    fmts = [formats.get(str(c), formatter_for(str(c))) for c in df.columns]
+    if suppressed is None:
+        hidden = np.zeros(df.shape, dtype=bool)
+    else:
+        hidden = suppressed.reindex(index=df.index, columns=df.columns, fill_value=False).to_numpy(dtype=bool)
+    columns = []
+    for j, (column, fmt) in enumerate(zip(df.columns, fmts, strict=True)):
         cells = []
-        for value, fmt in zip(row.tolist(), fmts, strict=True):
-            missing = _missing(value)
+        for i, value in enumerate(df[column].tolist()):
+            missing = is_missing(value)
             text = MISSING if missing else (fmt(value) if fmt else str(value))
-            cells.append(Cell(text, fmt is not None, missing))
-        rows.append(tuple(cells))
-        flagged.append(bool(flag(row)) if flag else False)
+            cells.append(Cell(text, fmt is not None, missing, bool(hidden[i, j] and missing)))
+        columns.append(cells)
+    rows = tuple(zip(*columns, strict=True)) if columns else ()
+    flagged = tuple(bool(flag(r)) for _, r in df.iterrows()) if flag else (False,) * len(df)
     numeric = tuple(f is not None for f in fmts)
-    return HtmlTable(tuple(map(str, df.columns)), numeric, tuple(rows), tuple(flagged))
+    return HtmlTable(tuple(map(str, df.columns)), numeric, rows, flagged)
 
 
 def data_uri(png: bytes) -> str:
@@ -106,10 +102,40 @@ class Kpi:
 def district_kpis(district: pd.DataFrame) -> list[Kpi]:
     """The district summary row as headline figures."""
     row = district.iloc[0]
-    return [
-        Kpi(str(c), formatter_for(str(c))(row[c]) if formatter_for(str(c)) else str(row[c]))
-        for c in district.columns
-    ]
+    out = []
+    for c in district.columns:
+        fmt = formatter_for(str(c))
+        out.append(Kpi(str(c), fmt(row[c]) if fmt else str(row[c])))
+    return out
+
+
+@dataclass(frozen=True)
+class Block:
+    """One thing in a section: ``kind`` is "chart" (``src`` is a PNG's bytes), "table", "tables"
+    (several tables side by side), "text" (a paragraph) or "omitted" (a table left out: ``text``
+    says why, where the table would have been)."""
+
+    kind: str
+    text: str = ""
+    caption: str = ""
+    table: HtmlTable | None = None
+    tables: tuple[tuple[str, HtmlTable], ...] = ()
+    png: bytes = b""
+    alt: str = ""
+    css: str = ""
+
+    @property
+    def src(self) -> str:
+        return data_uri(self.png)
+
+
+@dataclass(frozen=True)
+class PageSection:
+    anchor: str
+    title: str
+    nav: str
+    lead: str = ""
+    blocks: tuple[Block, ...] = field(default_factory=tuple)
 
 
 def render_report(
@@ -117,11 +143,12 @@ def render_report(
     title: str,
     subtitle: str,
     district: pd.DataFrame,
-    tables: Mapping[str, HtmlTable],
-    charts: Mapping[str, bytes],
+    sections: Sequence[PageSection],
     narrative: Narrative,
+    insight_chart: Block | None,
     notes: Sequence[str],
     definitions: Sequence[str],
+    cuts: Block | None,
 ) -> str:
     """The report page as one HTML string."""
     env = jinja2.Environment(
@@ -136,10 +163,11 @@ def render_report(
         title=title,
         subtitle=subtitle,
         kpis=district_kpis(district),
-        tables=tables,
-        charts={name: data_uri(png) for name, png in charts.items()},
+        sections=list(sections),
         narrative=narrative,
+        insight_chart=insight_chart,
         notes=list(notes),
         definitions=list(definitions),
+        cuts=cuts,
         missing=MISSING,
     )

@@ -1,35 +1,24 @@
-"""Prediction logic shared by the BentoML service, the tests and the benchmark.
+"""Prediction logic shared by the HTTP service, batch scoring, the tests and the benchmark.
 
-records -> contract-typed DataFrame -> each champion pipeline's predict -> response with intervals
-and unseen-school warnings. Nothing here knows about HTTP, so the served answer and the in-process
-answer are computed by the same code.
+records (or a frame) -> column arrays -> each subject's transform -> growth model (prediction and
+interval) and needs-support classifier -> response. Nothing here knows about HTTP, so the served
+numbers and the batch numbers are computed by the same code, on the same column arrays.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from features.contract import TARGETS
-from serving.schemas import (
-    MODEL_INPUT_FIELDS,
-    ModelInfo,
-    Prediction,
-    PredictResponse,
-    interval_field,
-    prediction_field,
-)
+from features.contract import prior_score_column
+from features.settings import CHAMPION_ALIAS, PROJECT, bentoml_home
 
 log = logging.getLogger(__name__)
-CHAMPION_LABEL = ("alias", "champion")
-TEXT_FIELDS = ("gender", "grade", "school_name", "parental_education")
-FLAG_FIELDS = ("econ_disadvantaged", "english_learner", "special_education", "home_internet")
 MAX_WARNED_RECORDS = 20
 
 
@@ -38,174 +27,235 @@ class NoChampionError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    """One target's champion pipeline (transform + estimator) and what the response says about it."""
+class ModelInfo:
+    """Which model answered: BentoML store version and the MLflow registry version it came from."""
 
+    subject: str
+    kind: str  # growth | support
+    name: str
+    version: str
+    registry_version: str | None
+    family: str | None
+    interval_level: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Champion:
     info: ModelInfo
-    pipeline: Any
+    model: Any
+
+
+def champion_entries() -> list[Any]:
+    """The newest store version of every project model labelled alias=champion."""
+    import bentoml
+
+    newest: dict[str, Any] = {}
+    for stored in bentoml.models.list():
+        labels = stored.info.labels
+        if not stored.tag.name.startswith(PROJECT) or labels.get("alias") != CHAMPION_ALIAS:
+            continue
+        if "kind" not in labels:
+            continue  # exported by release 0.1.0 (a bare pipeline): not servable by this release
+        current = newest.get(stored.tag.name)
+        if current is None or stored.creation_time > current.creation_time:
+            newest[stored.tag.name] = stored
+    return sorted(newest.values(), key=lambda m: (m.info.labels["subject"], m.info.labels["kind"]))
+
+
+def load_entry(stored: Any) -> Champion:
+    from training.export import load_exported
+
+    labels, meta = stored.info.labels, stored.info.metadata
+    info = ModelInfo(
+        subject=labels["subject"],
+        kind=labels["kind"],
+        name=stored.tag.name,
+        version=str(stored.tag),
+        registry_version=None if meta.get("registry_version") is None else str(meta["registry_version"]),
+        family=meta.get("family"),
+        interval_level=meta.get("interval_level"),
+    )
+    log.info("serving %s (%s %s, registry version %s)", stored.tag, info.subject, info.kind, info.registry_version)
+    return Champion(info, load_exported(stored))
+
+
+@dataclass
+class Served:
+    """Every champion, by subject: a growth model and, where one passed its gate, a support model."""
+
+    growth: dict[str, Champion]
+    support: dict[str, Champion] = field(default_factory=dict)
 
     @property
-    def target(self) -> str:
-        return self.info.target
-
-
-def bento_model_name(target: str) -> str:
-    """Same name as training.export uses (not imported: that module pulls in mlflow)."""
-    return f"student-growth-{target}"
-
-
-def champion_entry(target: str) -> Any | None:
-    """Newest store version of the target's model labelled alias=champion, or None if there is none."""
-    import bentoml
-
-    key, value = CHAMPION_LABEL
-    try:
-        stored = bentoml.models.list(bento_model_name(target))
-    except bentoml.exceptions.NotFound:
-        return None
-    models = [m for m in stored if m.info.labels.get(key) == value]
-    return max(models, key=lambda m: m.creation_time) if models else None
-
-
-def model_info(entry: Any, target: str) -> ModelInfo:
-    """The response's description of a store entry, from the metadata training/export.py wrote."""
-    meta = entry.info.metadata
-    halfwidth = meta.get("interval_90_halfwidth")
-    registry_version = meta.get("registry_version")
-    return ModelInfo(
-        target=target,
-        name=entry.tag.name,
-        version=str(entry.tag),
-        registry_version=None if registry_version is None else str(registry_version),
-        family=meta.get("family"),
-        interval_90_halfwidth=None if halfwidth is None else float(halfwidth),
-    )
-
-
-def load_entry(entry: Any, target: str) -> ServedModel:
-    """Unpickle one store entry's pipeline (the whole transform + estimator)."""
-    import bentoml
-
-    served = ServedModel(model_info(entry, target), bentoml.sklearn.load_model(entry))
-    log.info(
-        "serving %s (registry version %s, %s)", entry.tag, served.info.registry_version, served.info.family
-    )
-    return served
-
-
-def load_champions(targets: Sequence[str] = tuple(TARGETS)) -> list[ServedModel]:
-    """Load every target's champion from the store; fail with what to do if none exists."""
-    served = []
-    for target in targets:
-        entry = champion_entry(target)
-        if entry is None:
-            log.info("no champion for %s in the BentoML store; not served", target)
-            continue
-        served.append(load_entry(entry, target))
-    if not served:
-        raise no_champion_error(targets)
-    return served
-
-
-def no_champion_error(targets: Sequence[str] = tuple(TARGETS)) -> NoChampionError:
-    home = os.environ.get("BENTOML_HOME", "~/bentoml")
-    return NoChampionError(
-        f"no champion model ({', '.join(bento_model_name(t) for t in targets)}) in the BentoML model "
-        f"store ({home}/models); run `make run` or `growth train` first"
-    )
-
-
-def records_to_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """Validated records as the frame the pipeline was trained on: contract columns and dtypes, NaN if
-    absent (an all-missing column must still be numeric for the imputer)."""
-    columns: dict[str, Any] = {}
-    for name in MODEL_INPUT_FIELDS:
-        values = [r.get(name) for r in records]
-        if name in TEXT_FIELDS:
-            columns[name] = pd.array(values, dtype="string")
-        elif name == "student_id":
-            columns[name] = np.asarray(values, dtype="int64")
-        else:
-            columns[name] = np.asarray([np.nan if v is None else float(v) for v in values], dtype="float64")
-    return pd.DataFrame(columns)
-
-
-def predict_matrix(models: Sequence[ServedModel], records: Sequence[Mapping[str, Any]]) -> list[list[float]]:
-    """Per record: [prediction, school known (1/0)] for each model in order; the batchable unit of work."""
-    frame = records_to_frame(records)
-    out = np.empty((len(frame), 2 * len(models)), dtype="float64")
-    for i, model in enumerate(models):
-        out[:, 2 * i] = np.asarray(model.pipeline.predict(frame), dtype="float64").ravel()
-        unseen = set(model.pipeline.named_steps["school"].unseen_schools(frame))
-        out[:, 2 * i + 1] = ~frame["school_name"].isin(unseen).to_numpy()
-    return out.tolist()
-
-
-def unseen_warnings(
-    school_names: Sequence[str], unseen_by_target: Mapping[str, Sequence[bool]], n_targets: int
-) -> list[str]:
-    """One warning per unknown school, naming its record indices (first 20) and which models lacked it."""
-    by_school: dict[str, tuple[set[int], set[str]]] = {}
-    for target, unseen in unseen_by_target.items():
-        for index in np.flatnonzero(np.asarray(unseen, dtype=bool)):
-            indices, targets = by_school.setdefault(school_names[index], (set(), set()))
-            indices.add(int(index))
-            targets.add(target)
-    warnings = []
-    for school, (indices, targets) in sorted(by_school.items(), key=lambda item: min(item[1][0])):
-        records = sorted(indices)
-        shown = ", ".join(str(i) for i in records[:MAX_WARNED_RECORDS])
-        more = f" (+{len(records) - MAX_WARNED_RECORDS} more)" if len(records) > MAX_WARNED_RECORDS else ""
-        which = (
-            "the model"
-            if len(targets) == n_targets
-            else " and ".join(f"the {t} model" for t in sorted(targets))
-        )
-        plural = "s" if len(records) > 1 else ""
-        warnings.append(
-            f"record{plural} {shown}{more}: school '{school}' unknown to {which}; district-level "
-            "school aggregates used"
-        )
-    return warnings
-
-
-def assemble(
-    records: Sequence[Mapping[str, Any]], matrix: Sequence[Sequence[float]], infos: Sequence[ModelInfo]
-) -> PredictResponse:
-    """Turn predict_matrix output into the response: predictions in input order, intervals, warnings."""
-    values = np.asarray(matrix, dtype="float64").reshape(len(records), 2 * len(infos))
-    rows: list[dict[str, Any]] = [{"student_id": r["student_id"]} for r in records]
-    unseen_by_target: dict[str, list[bool]] = {}
-    for i, info in enumerate(infos):
-        predictions, known = values[:, 2 * i], values[:, 2 * i + 1]
-        half = info.interval_90_halfwidth
-        for row, value in zip(rows, predictions, strict=True):
-            row[prediction_field(info.target)] = float(value)
-            if half is not None:
-                row[interval_field(info.target)] = (float(value - half), float(value + half))
-        unseen_by_target[info.target] = (known < 0.5).tolist()
-    schools = [r["school_name"] for r in records]
-    return PredictResponse(
-        predictions=[Prediction(**row) for row in rows],
-        models=list(infos),
-        warnings=unseen_warnings(schools, unseen_by_target, len(infos)),
-    )
-
-
-class Predictor:
-    """In-process predictions with exactly the service's logic (tests, benchmark, notebooks)."""
-
-    def __init__(self, models: Sequence[ServedModel]):
-        self.models = list(models)
-
-    @classmethod
-    def from_store(cls, targets: Sequence[str] = tuple(TARGETS)) -> Predictor:
-        return cls(load_champions(targets))
+    def subjects(self) -> list[str]:
+        return list(self.growth)
 
     @property
     def infos(self) -> list[ModelInfo]:
-        return [m.info for m in self.models]
+        return [c.info for s in self.subjects for c in (self.growth[s], self.support.get(s)) if c is not None]
 
-    def predict(self, records: Sequence[Mapping[str, Any]]) -> PredictResponse:
-        """Validated records (StudentRecord.model_input() dicts) to the API response."""
-        return assemble(records, predict_matrix(self.models, records), self.infos)
+    @property
+    def input_columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for champion in [*self.growth.values(), *self.support.values()]:
+            seen.update(dict.fromkeys(champion.model.input_columns))
+        return list(seen)
+
+    @property
+    def grades(self) -> list[str]:
+        model = next(iter(self.growth.values())).model
+        return list(model.meta.get("target_grades", model.transform.grades))
+
+    def scale(self, subject: str) -> tuple[float, float] | None:
+        scale = self.growth[subject].model.meta.get("scale")
+        return None if scale is None else (float(scale[0]), float(scale[1]))
+
+
+def no_champion_error() -> NoChampionError:
+    return NoChampionError(
+        f"no champion model in the BentoML model store ({bentoml_home()}/models): run `make run`, or "
+        "`growth tune` and `growth train` (a champion is exported only when it passes its gate)"
+    )
+
+
+def load_champions() -> Served:
+    """Every champion in the store; NoChampionError with what to do when there is none."""
+    growth: dict[str, Champion] = {}
+    support: dict[str, Champion] = {}
+    for stored in champion_entries():
+        champion = load_entry(stored)
+        (growth if champion.info.kind == "growth" else support)[champion.info.subject] = champion
+    if not growth:
+        raise no_champion_error()
+    for subject in list(support):
+        if subject not in growth:
+            log.warning("support model of %s served without a growth champion: skipped", subject)
+            del support[subject]
+    return Served(growth, support)
+
+
+def columns_of(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """JSON records -> column arrays (absent fields as None): the only conversion serving does."""
+    return {name: np.array([r.get(name) for r in records], dtype=object) for name in names}
+
+
+def frame_columns(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """A frame -> the same column arrays as ``columns_of`` would give for its rows as records."""
+    out = {}
+    for name in names:
+        if name not in frame.columns:
+            continue
+        values = frame[name]
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
+            array = values.astype(object).to_numpy()
+            out[name] = np.where(pd.isna(array), None, array)
+        else:
+            out[name] = values.to_numpy()
+    return out
+
+
+class Predictor:
+    """In-process predictions with exactly the service's logic (service, batch scoring, tests, bench)."""
+
+    def __init__(self, served: Served):
+        self.served = served
+        self.columns = served.input_columns
+        self.infos = served.infos
+
+    @classmethod
+    def from_store(cls) -> Predictor:
+        return cls(load_champions())
+
+    def predict_columns(self, columns: Mapping[str, np.ndarray], n: int) -> dict[str, dict[str, np.ndarray]]:
+        """Per subject: predicted growth, interval bounds, school unseen, P(needs support) (NaN without
+        a support champion), and which records lack the subject's own prior score (no prediction)."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for subject, champion in self.served.growth.items():
+            model = champion.model
+            prior = columns.get(prior_score_column(subject))
+            lacking = np.ones(n, bool) if prior is None else pd.isna(pd.Series(prior, dtype=object)).to_numpy()
+            result = model.predict_interval(columns)
+            support = self.served.support.get(subject)
+            if support is not None:
+                result["needs_support"] = support.model.estimator.predict_proba(model.features(columns))[:, 1]
+            else:
+                result["needs_support"] = np.full(n, np.nan)
+            result["no_prior"] = lacking
+            out[subject] = result
+        return out
+
+    def predict(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Validated records (dicts) to the API response (a plain dict, ready for JSON)."""
+        columns = columns_of(records, self.columns)
+        results = self.predict_columns(columns, len(records))
+        return assemble(records, results, self.served, self.infos)
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Batch scoring: one row per input row, a column block per subject."""
+        columns = frame_columns(frame, self.columns)
+        results = self.predict_columns(columns, len(frame))
+        out = {}
+        for subject, result in results.items():
+            prior = frame[prior_score_column(subject)].to_numpy(dtype=float)
+            valid = ~result["no_prior"]
+            out[f"{subject}_predicted_growth"] = np.where(valid, result["predicted"], np.nan)
+            out[f"{subject}_predicted_score"] = np.where(valid, prior + result["predicted"], np.nan)
+            out[f"{subject}_growth_low"] = np.where(valid, result["low"], np.nan)
+            out[f"{subject}_growth_high"] = np.where(valid, result["high"], np.nan)
+            out[f"{subject}_needs_support_probability"] = np.where(valid, result["needs_support"], np.nan)
+            out[f"{subject}_school_unseen"] = result["unseen"]
+        return pd.DataFrame(out, index=frame.index)
+
+
+def assemble(records: Sequence[Mapping[str, Any]], results: dict[str, dict[str, np.ndarray]], served: Served,
+             infos: Sequence[ModelInfo]) -> dict[str, Any]:
+    """The response: per record and subject the growth, interval, predicted score and support probability."""
+    predictions: list[dict[str, Any]] = [{"student_id": r.get("student_id")} for r in records]
+    unseen_by_subject: dict[str, np.ndarray] = {}
+    lacking: dict[str, list[int]] = {}
+    for subject, result in results.items():
+        prior_field = prior_score_column(subject)
+        support = subject in served.support
+        for i, row in enumerate(predictions):
+            if result["no_prior"][i]:
+                row[subject] = None
+                lacking.setdefault(subject, []).append(i)
+                continue
+            growth = float(result["predicted"][i])
+            entry = {
+                "predicted_growth": growth,
+                "predicted_score": float(records[i][prior_field]) + growth,
+                "growth_interval": [float(result["low"][i]), float(result["high"][i])],
+            }
+            if support:
+                entry["needs_support_probability"] = float(result["needs_support"][i])
+            row[subject] = entry
+        unseen_by_subject[subject] = result["unseen"] & ~result["no_prior"]
+    warnings = unseen_warnings([r.get("school_id") for r in records], unseen_by_subject)
+    warnings += [
+        f"{_records_text(rows)}: no {prior_score_column(subject)}; no {subject} prediction"
+        for subject, rows in lacking.items()
+    ]
+    return {"predictions": predictions, "models": [i.as_dict() for i in infos], "warnings": warnings}
+
+
+def _records_text(indices: Sequence[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:MAX_WARNED_RECORDS])
+    more = f" (+{len(indices) - MAX_WARNED_RECORDS} more)" if len(indices) > MAX_WARNED_RECORDS else ""
+    return f"record{'s' if len(indices) > 1 else ''} {shown}{more}"
+
+
+def unseen_warnings(school_ids: Sequence[Any], unseen_by_subject: Mapping[str, np.ndarray]) -> list[str]:
+    """One warning per school the models never saw, naming its records (first 20)."""
+    by_school: dict[str, set[int]] = {}
+    for unseen in unseen_by_subject.values():
+        for index in np.flatnonzero(np.asarray(unseen, dtype=bool)):
+            by_school.setdefault(str(school_ids[index]), set()).add(int(index))
+    return [
+        f"{_records_text(sorted(indices))}: school '{school}' unknown to the model; district-level school "
+        "aggregates used (wider intervals)"
+        for school, indices in sorted(by_school.items(), key=lambda item: min(item[1]))
+    ]

@@ -1,14 +1,13 @@
-"""Request and response models of the prediction API.
+"""Request and response models of the prediction API, built from the champions being served.
 
-Field types, ranges and allowed values come from features.contract, so the API cannot drift from
-the data contract. Validation errors are rewritten to name the record index and the field
-("record 3, field 'grade': ..."), and inputs are never echoed in errors, so a rejected request
-cannot put a student's data in the server log.
+Subjects, grades, score ranges and input fields come from the champion models (which took them from
+the district config and the data contract), so the API cannot drift from what the models accept.
+Validation errors name the record index and the field ("record 3, field 'grade': ...") and never
+echo input values, so a rejected request cannot put a student's data in the server log.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from pydantic import (
@@ -17,99 +16,81 @@ from pydantic import (
     Field,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    create_model,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from features.contract import GENDERS, GRADES, PARENTAL_EDUCATION, STUDENT_COLUMNS, TARGETS, Column
+from features.contract import ATTRIBUTE_COLUMNS, ENGAGEMENT_COLUMNS, PARENTAL_EDUCATION, RECORD_GENDERS, Column
+from features.contract import prior_engagement_column as prior_of
+from features.contract import prior_score_column
+from features.settings import get_settings
 
-MAX_RECORDS_ENV = "GROWTH_MAX_RECORDS"
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-DEFAULT_MAX_RECORDS = 10_000
 INTERVAL_NOTE = (
-    "90% prediction interval [low, high]: the prediction plus/minus the 90th percentile of absolute "
-    "validation residuals (split-conformal), stored with the model at training time."
+    "Prediction interval [low, high] for the growth at the level in `models[].interval_level` (90% by "
+    "default): normalised split-conformal, calibrated on students who took no part in tuning or model "
+    "selection, per number of missing optional fields and for unseen schools (docs/serving.md)."
 )
-_CONTRACT: dict[str, Column] = {c.name: c for c in STUDENT_COLUMNS}
+ENGAGEMENT_LIMITS = {"prior_days_absent": (0, 366)}
 
 
 def max_records() -> int:
-    """Largest accepted request: GROWTH_MAX_RECORDS (default 10,000), read per request."""
-    try:
-        return max(1, int(os.environ.get(MAX_RECORDS_ENV, DEFAULT_MAX_RECORDS)))
-    except ValueError:
-        return DEFAULT_MAX_RECORDS
+    return get_settings().max_records
 
 
-def _field(name: str, required: bool = False, **extra: Any) -> Any:
-    """A pydantic Field with the contract's range and meaning for column ``name``."""
-    col = _CONTRACT[name]
-    bounds = {"ge": col.min, "le": col.max} if col.kind in ("int", "float") else {}
-    bounds = {k: v for k, v in bounds.items() if v is not None}
-    return Field(... if required else None, description=col.meaning, **bounds, **extra)
+def _bounds(col: Column, name: str) -> dict[str, float]:
+    low, high = ENGAGEMENT_LIMITS.get(name, (col.min, col.max))
+    return {k: v for k, v in (("ge", low), ("le", high)) if v is not None}
 
 
-EXAMPLE_STUDENT: dict[str, Any] = {
-    "student_id": 1001,
-    "gender": "F",
-    "grade": "10th",
-    "school_name": "Huang High School",
-    "prior_math_score": 71.5,
-    "prior_reading_score": 80.2,
-    "econ_disadvantaged": True,
-    "english_learner": False,
-    "special_education": False,
-    "prior_days_absent": 6,
-    "homework_completion_pct": 88.0,
-    "extracurricular_count": 2,
-    "platform_logins_per_week": 3.5,
-    "home_internet": True,
-    "commute_minutes": 20.0,
-    "parental_education": "some_college",
-}
+def record_fields(subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None],
+                  inputs: list[str]) -> dict[str, Any]:
+    """Field definitions of one student record for these subjects, grades and score scales."""
+    fields: dict[str, Any] = {
+        "student_id": (str, Field(..., min_length=1, max_length=64, description="Echoed back; never used by "
+                                  "the model.", coerce_numbers_to_str=True)),
+        "school_id": (str, Field(..., min_length=1, max_length=128, description="School of the target year "
+                                 "(the one credited); unknown schools get district-level school aggregates.")),
+        "grade": (Literal[tuple(grades)], Field(..., description="Grade in the target year.")),  # type: ignore[valid-type]
+    }
+    if "school_year" in inputs:
+        fields["school_year"] = (int | None, Field(None, ge=0, le=3000, description=(
+            "Target school year (the year it ends); default: the year after the latest in the training data.")))
+    for subject in input_subjects(inputs, subjects):
+        scale = scales.get(subject)
+        bounds = {"ge": scale[0], "le": scale[1]} if scale else {}
+        for back, when in ((1, "the year before"), (2, "two years before")):
+            name = prior_score_column(subject, back)
+            if name in inputs:
+                fields[name] = (float | None, Field(None, **bounds, description=f"{subject} scale score of {when} "
+                                                    "the target year."))
+    for col in ATTRIBUTE_COLUMNS:
+        if col.name not in inputs:
+            continue
+        if col.kind == "bool":
+            kind: Any = bool | None
+        elif col.name == "gender":
+            kind = Literal[RECORD_GENDERS] | None  # type: ignore[valid-type]
+        elif col.name == "parental_education":
+            kind = Literal[PARENTAL_EDUCATION] | None  # type: ignore[valid-type]
+        else:
+            kind = float | None
+        fields[col.name] = (kind, Field(None, **_bounds(col, col.name), description=col.meaning))
+    for col in ENGAGEMENT_COLUMNS:
+        name = prior_of(col.name)
+        if name in inputs:
+            fields[name] = (float | None, Field(None, **_bounds(col, name), description=f"{col.meaning} "
+                                                "(the year before the target year)"))
+    fields["student_name"] = (str | None, Field(None, exclude=True, description=(
+        "Accepted so district rows can be sent as they are, then dropped: never used, logged or returned.")))
+    return fields
 
 
-class StudentRecord(BaseModel):
-    """One student, as known before the target school year starts (columns of the data contract)."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        hide_input_in_errors=True,
-        allow_inf_nan=False,
-        str_strip_whitespace=True,
-        json_schema_extra={"example": EXAMPLE_STUDENT},
-    )
-
-    student_id: int = _field("student_id", required=True, ge=INT64_MIN, le=INT64_MAX)  # a pandas int64 column
-    gender: Literal[GENDERS] = _field("gender", required=True)  # type: ignore[valid-type]
-    grade: Literal[GRADES] = _field("grade", required=True)  # type: ignore[valid-type]
-    school_name: str = _field("school_name", required=True, min_length=1)
-    prior_math_score: float = _field("prior_math_score", required=True)
-    prior_reading_score: float = _field("prior_reading_score", required=True)
-    econ_disadvantaged: bool | None = _field("econ_disadvantaged")
-    english_learner: bool | None = _field("english_learner")
-    special_education: bool | None = _field("special_education")
-    prior_days_absent: int | None = _field("prior_days_absent")
-    homework_completion_pct: float | None = _field("homework_completion_pct")
-    extracurricular_count: int | None = _field("extracurricular_count")
-    platform_logins_per_week: float | None = _field("platform_logins_per_week")
-    home_internet: bool | None = _field("home_internet")
-    commute_minutes: float | None = _field("commute_minutes")
-    parental_education: Literal[PARENTAL_EDUCATION] | None = _field("parental_education")  # type: ignore[valid-type]
-    student_name: str | None = Field(
-        None,
-        exclude=True,
-        description=(
-            "Accepted so district rows can be sent as they are, then dropped: never used, logged or returned."
-        ),
-    )
-
-    def model_input(self) -> dict[str, Any]:
-        """The record as the model pipeline receives it (no name)."""
-        return {k: v for k, v in self.__dict__.items() if k != "student_name"}
-
-
-MODEL_INPUT_FIELDS: tuple[str, ...] = tuple(n for n in StudentRecord.model_fields if n != "student_name")
+def input_subjects(inputs: list[str], served: list[str]) -> list[str]:
+    """Every subject whose prior score is a model input (served or not), served ones first."""
+    found = [c.removeprefix("prior_").removesuffix("_score") for c in inputs
+             if c.startswith("prior_") and c.endswith("_score")]
+    return list(dict.fromkeys([*served, *found]))
 
 
 def _escape(text: str) -> str:
@@ -128,108 +109,101 @@ def located_message(loc: tuple[int | str, ...], message: str) -> str:
     return message
 
 
-class PredictRequest(BaseModel):
-    """Students to predict, in the order the predictions should come back."""
+def build_models(subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None],
+                 inputs: list[str]) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+    """(StudentRecord, PredictRequest, PredictResponse) for the served champions."""
+    priors = [prior_score_column(s) for s in subjects]
 
-    # "example" (OpenAPI 3.0 style): BentoML's OpenAPI page shows it and rejects "examples".
-    model_config = ConfigDict(
-        extra="forbid",
-        hide_input_in_errors=True,
-        title="PredictRequest",
-        json_schema_extra={"example": {"students": [EXAMPLE_STUDENT]}},
+    def needs_a_prior(record: Any) -> Any:
+        if all(getattr(record, p, None) is None for p in priors):
+            raise PydanticCustomError("no_prior", "needs at least one of {fields}", {"fields": ", ".join(priors)})
+        return record
+
+    example = {"student_id": "0001234567", "school_id": "0101", "grade": grades[min(1, len(grades) - 1)],
+               **{p: None for p in priors}}
+    student = create_model(
+        "StudentRecord",
+        __config__=ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False,
+                              str_strip_whitespace=True, json_schema_extra={"example": example}),
+        __doc__="One student as known before the target school year starts.",
+        __validators__={"_needs_a_prior": model_validator(mode="after")(needs_a_prior)},
+        **record_fields(subjects, grades, scales, inputs),
     )
+    limit = max_records()
 
-    students: list[StudentRecord] = Field(
-        ...,
-        min_length=1,
-        description=f"One to {DEFAULT_MAX_RECORDS:,} records (limit set by {MAX_RECORDS_ENV}); "
-        "records of schools unknown to the model get district-level school aggregates.",
-    )
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _located_errors(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> PredictRequest:
+    def located(cls: Any, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         """Check the size first (cheap), then rewrite every error to name its record and field."""
-        if isinstance(data, dict):
-            students = data.get("students")
-            if isinstance(students, list):
-                if not students:
-                    raise PydanticCustomError(
-                        "empty_list", "field 'students': the list is empty; send at least one record"
-                    )
-                limit = max_records()
-                if len(students) > limit:
-                    raise PydanticCustomError(
-                        "too_many_records",
-                        "field 'students': {count} records; at most {limit} per request (split the list)",
-                        {"count": len(students), "limit": limit},
-                    )
+        if isinstance(data, dict) and isinstance(data.get("students"), list):
+            if not data["students"]:
+                raise PydanticCustomError("empty_list", "field 'students': the list is empty; send at least one record")
+            if len(data["students"]) > limit:
+                raise PydanticCustomError(
+                    "too_many_records", "field 'students': {count} records; at most {limit} per request (split the "
+                    "list)", {"count": len(data["students"]), "limit": limit})
         try:
             return handler(data)
         except ValidationError as exc:
             errors: list[InitErrorDetails] = [
-                {
-                    "type": PydanticCustomError(
-                        err["type"], _escape(located_message(err["loc"], err["msg"]))
-                    ),
-                    "loc": err["loc"],
-                    "input": None,
-                }
-                for err in exc.errors(include_url=False, include_context=False, include_input=False)
+                {"type": PydanticCustomError(e["type"], _escape(located_message(e["loc"], e["msg"]))), "loc": e["loc"],
+                 "input": None}
+                for e in exc.errors(include_url=False, include_context=False, include_input=False)
             ]
             raise ValidationError.from_exception_data(exc.title, errors, hide_input=True) from None
 
-
-def _is_none(value: object) -> bool:
-    return value is None
-
-
-class Prediction(BaseModel):
-    """Predicted growth (target-year score minus prior-year score) for one student."""
-
-    student_id: int
-    predicted_math_growth: float | None = Field(
-        None, exclude_if=_is_none, description="Predicted math growth, in score points."
+    request = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", hide_input_in_errors=True,
+                              json_schema_extra={"example": {"students": [example]}}),
+        __doc__="Students to predict, in the order the predictions should come back.",
+        __validators__={"_located": model_validator(mode="wrap")(located)},
+        students=(list[student], Field(..., min_length=1, description=(  # type: ignore[valid-type]
+            f"One to {limit:,} records (limit: `growth serve --max-records`)."))),
     )
-    math_growth_interval_90: tuple[float, float] | None = Field(
-        None, exclude_if=_is_none, description=INTERVAL_NOTE
+    subject_prediction = create_model(
+        "SubjectPrediction",
+        __doc__="One subject's prediction for one student.",
+        predicted_growth=(float, Field(..., description="Predicted growth: target-year score minus prior score.")),
+        predicted_score=(float, Field(..., description="Prior score plus predicted growth.")),
+        growth_interval=(list[float], Field(..., min_length=2, max_length=2, description=INTERVAL_NOTE)),
+        needs_support_probability=(float | None, Field(None, description=(
+            "Probability that the target-year score falls below the proficient cut of the target grade "
+            "(present when the subject has a needs-support champion)."))),
     )
-    predicted_reading_growth: float | None = Field(
-        None, exclude_if=_is_none, description="Predicted reading growth, in score points."
+    prediction = create_model(
+        "Prediction",
+        __doc__="Predictions for one student; a subject is null when the record lacks its prior score.",
+        student_id=(str, ...),
+        **{s: (subject_prediction | None, Field(None)) for s in subjects},  # type: ignore[valid-type]
     )
-    reading_growth_interval_90: tuple[float, float] | None = Field(
-        None, exclude_if=_is_none, description=INTERVAL_NOTE
+    model_info = create_model(
+        "ModelInfo",
+        subject=(str, ...), kind=(Literal["growth", "support"], ...), name=(str, ...),
+        version=(str, Field(..., description="BentoML store tag that answered.")),
+        registry_version=(str | None, Field(None, description="MLflow registry version.")),
+        family=(str | None, None), interval_level=(float | None, None),
     )
-
-
-class ModelInfo(BaseModel):
-    """Which model answered: the BentoML store version and the MLflow registry version it came from."""
-
-    target: Literal[tuple(TARGETS)]  # type: ignore[valid-type]
-    name: str = Field(description="Model name in the BentoML store and the MLflow registry.")
-    version: str = Field(description="BentoML model tag (name:version) that served the request.")
-    registry_version: str | None = Field(None, description="MLflow model registry version.")
-    family: str | None = Field(None, description="Model family (hgb, linear, extratrees, keras).")
-    interval_90_halfwidth: float | None = Field(None, description=INTERVAL_NOTE)
-
-
-class PredictResponse(BaseModel):
-    """Predictions in input order, the models used and any warnings about the input."""
-
-    predictions: list[Prediction]
-    models: list[ModelInfo]
-    warnings: list[str] = Field(
-        default_factory=list,
-        description=(
-            "Notes about the input, e.g. records whose school the model never saw (district-level school "
-            "aggregates used instead)."
-        ),
+    response = create_model(
+        "PredictResponse",
+        __doc__="Predictions in input order, the models used and any warnings about the input.",
+        predictions=(list[prediction], ...),  # type: ignore[valid-type]
+        models=(list[model_info], ...),  # type: ignore[valid-type]
+        warnings=(list[str], Field(default_factory=list)),
     )
+    return student, request, response
 
 
-def prediction_field(target: str) -> str:
-    return f"predicted_{target}_growth"
+class ErrorResponse(BaseModel):
+    """Body of every 4xx answer: one message per problem, each naming the record index and field."""
+
+    error: str = Field(..., description="What was wrong, in one sentence.")
+    detail: list[str] = Field(default_factory=list, description="One message per problem.")
 
 
-def interval_field(target: str) -> str:
-    return f"{target}_growth_interval_90"
+class ModelsResponse(BaseModel):
+    """What is served: subjects, their models and the inputs a record may carry."""
+
+    subjects: list[str]
+    grades: list[str]
+    models: list[dict[str, Any]]
+    inputs: list[str]
+    required: list[str]

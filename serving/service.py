@@ -1,178 +1,159 @@
-"""BentoML service for the champion growth models: ``POST /predict``.
+"""The BentoML service apps call: ``POST /predict`` (every champion, every subject), ``GET /models``.
 
-Two services so BentoML's adaptive batching applies to single-record traffic: ``StudentGrowth``
-(public: validation, response, warnings) calls ``GrowthModel.predict_rows``, a batchable API in
-its own process whose dispatcher merges concurrent requests into one ``pipeline.predict``. Calls
-between services in one process bypass the dispatcher, hence the split.
+BentoML owns the server: processes (one worker per core by default), lifecycle, ``/healthz``,
+``/readyz``, ``/metrics``, the OpenAPI page and ``bentoml build``. The two routes are a FastAPI app
+mounted inside the service, so the request is parsed once (orjson), validated once (pydantic models
+built from the champions) and answered by ``serving.predictor`` in the worker that received it:
+no second process, no adaptive-batching queue (docs/benchmarks.md measures why: a single record
+costs well under a millisecond, less than a hop to a batching process). Every 4xx body is the
+documented ``ErrorResponse``.
 
 Run it with ``growth serve`` (or ``bentoml serve serving.service:StudentGrowth``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import json
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
+import anyio.to_thread
 import bentoml
+import orjson
 from bentoml.models import BentoModel
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
 
-from features.contract import TARGETS
-from serving.predictor import assemble, champion_entry, load_entry, no_champion_error, predict_matrix
-from serving.schemas import ModelInfo, PredictRequest, PredictResponse, StudentRecord
+from features.contract import prior_score_column
+from serving.predictor import Predictor, champion_entries, no_champion_error
+from serving.schemas import ErrorResponse, ModelsResponse, build_models, max_records
 
 log = logging.getLogger(__name__)
-# Single-record requests are merged up to this many rows; larger requests are cut into chunks of it.
-MAX_BATCH_ROWS = 1000
-MAX_BATCH_LATENCY_MS = 30_000
-REQUEST_TIMEOUT_S = 120
 MAX_BODY_BYTES = 64 * 2**20
-TARGETS_ENV = "GROWTH_TARGETS"
+THREAD_ABOVE_RECORDS = 256  # larger requests run in a thread so single records are not held up
+REQUEST_TIMEOUT_S = 120
+WORKERS_ENV = "GROWTH_SERVE_WORKERS"
 
 
-def served_targets() -> set[str]:
-    """Targets to serve: GROWTH_TARGETS (comma-separated, e.g. "math") or every target with a champion."""
-    wanted = {t.strip() for t in os.environ.get(TARGETS_ENV, "").split(",") if t.strip()}
-    return wanted or set(TARGETS)
+def served_description() -> tuple[list[str], list[str], dict[str, Any], list[str], list[Any]]:
+    """Subjects, grades, scales and inputs of the champions in the store, from their metadata only."""
+    entries = champion_entries()
+    growth = [e for e in entries if e.info.labels["kind"] == "growth"]
+    subjects = [e.info.labels["subject"] for e in growth]
+    grades = list(growth[0].info.metadata.get("grades", [])) if growth else ["(none)"]
+    scales = {e.info.labels["subject"]: e.info.metadata.get("scale") for e in growth}
+    inputs: dict[str, None] = {}
+    for entry in entries:
+        inputs.update(dict.fromkeys(entry.info.metadata.get("inputs", [])))
+    return subjects, grades or ["(none)"], scales, list(inputs), entries
 
 
-def champion_ref(target: str) -> BentoModel | None:
-    """The target's champion at import time, as a model reference ``bentoml build`` packs into the Bento."""
-    entry = champion_entry(target) if target in served_targets() else None
-    return None if entry is None else BentoModel(entry.tag)
+SUBJECTS, GRADES, SCALES, INPUTS, ENTRIES = served_description()
+StudentRecord, PredictRequest, PredictResponse = build_models(SUBJECTS, GRADES, SCALES, INPUTS)
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Malformed JSON or invalid records (each problem named)."},
+    413: {"model": ErrorResponse, "description": "Body over 64 MiB."},
+}
+api = FastAPI(title="student-growth prediction API", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-# BentoML 1.4.3x's client to a dependency closes its connection pool every 100 requests / 300 s even with
-# requests in flight, which fails them ("Server disconnected", bentoml/BentoML#5544 and #5698); on a local
-# socket the refresh buys nothing, so it is pushed out of reach, and a dropped connection is retried once.
-NO_POOL_REFRESH = {"max_requests": 2**62, "max_age": 1e12}
+def error(status: int, message: str, detail: list[str] | None = None) -> Response:
+    body = ErrorResponse(error=message, detail=detail or []).model_dump()
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@bentoml.service(
-    name="student_growth_model",
-    workers=1,
-    traffic={"timeout": REQUEST_TIMEOUT_S},
-    runner_connection=NO_POOL_REFRESH,
+def validation_messages(exc: ValidationError) -> list[str]:
+    return [e["msg"] for e in exc.errors(include_url=False, include_context=False, include_input=False)]
+
+
+@api.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+    summary="Predicted growth, interval and need for support, per subject, for each student",
 )
-class GrowthModel:
-    """Holds the champion pipelines; its batchable API is where concurrent requests are merged."""
+async def predict(request: Request) -> Response:
+    """Send the records in ``students``; predictions come back in the same order, for every served
+    subject: predicted growth (target-year score minus prior score), the predicted score, a prediction
+    interval (level in ``models[].interval_level``) and, where a needs-support model is served, the
+    probability of scoring below the proficient cut next year. Records of schools the model never saw
+    use district-level school aggregates (wider intervals) and are listed in ``warnings``. A subject
+    whose prior score a record lacks is null for that record. Invalid input gets HTTP 400 with one
+    message per problem, naming the record index and field; values are never echoed."""
+    length = request.headers.get("content-length", "0")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        return error(413, f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer records per request")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return error(413, f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer records per request")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return error(400, 'malformed JSON: send a JSON object like {"students": [ ... ]}')
+    try:
+        parsed = PredictRequest.model_validate(data)
+    except ValidationError as exc:
+        messages = validation_messages(exc)
+        return error(400, f"{len(messages)} problem(s) in the request", messages)
+    records = [student.model_dump(exclude={"student_name"}) for student in parsed.students]
+    predictor: Predictor = request.app.state.predictor
+    if len(records) > THREAD_ABOVE_RECORDS:
+        result = await anyio.to_thread.run_sync(predictor.predict, records)
+    else:
+        result = predictor.predict(records)
+    return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
-    math_champion = champion_ref("math")
-    reading_champion = champion_ref("reading")
+
+@api.get("/models", response_model=ModelsResponse, summary="What is served")
+async def models(request: Request) -> Response:
+    """The served subjects, each champion's name, store version, registry version and family, and the
+    fields a record may carry (``required`` ones must be present)."""
+    predictor: Predictor = request.app.state.predictor
+    body = ModelsResponse(
+        subjects=predictor.served.subjects,
+        grades=predictor.served.grades,
+        models=[i.as_dict() for i in predictor.infos],
+        inputs=["student_id", *predictor.columns],
+        required=["student_id", "school_id", "grade", f"one of {', '.join(map(prior_score_column, SUBJECTS))}"],
+    )
+    return Response(orjson.dumps(body.model_dump()), media_type="application/json")
+
+
+def workers() -> int:
+    """Server processes: GROWTH_SERVE_WORKERS, or one per CPU core."""
+    try:
+        wanted = int(os.environ.get(WORKERS_ENV, "0"))
+    except ValueError:
+        wanted = 0
+    return wanted if wanted > 0 else max(1, os.cpu_count() or 1)
+
+
+class _StudentGrowth:
+    """Predicted academic growth and need for support next year, per subject, from a student's record."""
 
     def __init__(self) -> None:
-        entries = {"math": self.math_champion, "reading": self.reading_champion}  # resolved store entries
-        self.models = [load_entry(entry, target) for target, entry in entries.items() if entry is not None]
-        if not self.models:
+        from serving.predictor import load_champions
+
+        if not ENTRIES:
             raise no_champion_error()
-
-    @bentoml.api(
-        batchable=True, batch_dim=0, max_batch_size=MAX_BATCH_ROWS, max_latency_ms=MAX_BATCH_LATENCY_MS
-    )
-    def predict_rows(self, rows: list[dict[str, Any]]) -> list[list[float]]:
-        """Per row: [prediction, school known] per target, in the order ``describe`` lists the models."""
-        return predict_matrix(self.models, rows)
-
-    @bentoml.api
-    def describe(self) -> list[ModelInfo]:
-        return [m.info for m in self.models]
-
-
-def clean_doc(func: Callable) -> Callable:
-    """Dedent a docstring: BentoML shows it verbatim on the OpenAPI page, where indentation means code."""
-    func.__doc__ = inspect.cleandoc(func.__doc__ or "")
-    return func
-
-
-class JSONBody:
-    """ASGI middleware for ``POST /predict``: read every body as JSON and refuse oversized ones up front.
-
-    ``curl -d`` sends form encoding and a bare multipart header makes BentoML's form parser fail with
-    HTTP 500; parsing as JSON instead turns both into the usual 400 for malformed JSON. A body larger
-    than MAX_BODY_BYTES (far above 10,000 records) gets 413 before it is read into memory.
-    """
-
-    def __init__(self, app: Any, **options: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path", "").rstrip("/") == "/predict":
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
-            length = dict(headers).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY_BYTES:
-                await too_large(send)
-                return
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
-
-
-async def too_large(send: Any) -> None:
-    body = json.dumps(
-        {"error": f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer records per request"}
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-@bentoml.service(
-    name="student_growth", traffic={"timeout": REQUEST_TIMEOUT_S}, labels={"project": "student-growth"}
-)
-class StudentGrowth:
-    """Predicted academic growth for students from their prior-year record."""
-
-    model = bentoml.depends(GrowthModel)
-
-    def __init__(self) -> None:
-        self._infos: list[ModelInfo] | None = None
-        self._lock = asyncio.Lock()
+        self.predictor = Predictor(load_champions())
+        api.state.predictor = self.predictor
+        log.info("serving %d model(s) for %s; max %d records per request", len(self.predictor.infos),
+                 ", ".join(self.predictor.served.subjects), max_records())
 
     async def __is_ready__(self) -> bool:
-        """/readyz: ready once the model service has loaded the champions and answers (not just listens)."""
-        try:
-            await self.infos()
-        except Exception:  # noqa: BLE001 - not ready yet, whatever the reason; /readyz says 503
-            return False
-        return True
-
-    async def infos(self) -> list[ModelInfo]:
-        """The served models, asked once from the model service so the response names what answered."""
-        if self._infos is None:
-            async with self._lock:
-                if self._infos is None:
-                    described = await self.model.to_async.describe()
-                    self._infos = [ModelInfo.model_validate(i, from_attributes=True) for i in described]
-        return self._infos
-
-    @bentoml.api(route="/predict", input_spec=PredictRequest)
-    @clean_doc
-    async def predict(self, students: list[StudentRecord]) -> PredictResponse:
-        """Predicted math and/or reading growth (target-year minus prior-year score) for each student.
-
-        Send the records in ``students`` (1 to 10,000 by default); predictions come back in the same
-        order with the served models' names and versions. Records of a school the model never saw use
-        district-level school aggregates and are listed in ``warnings``. Each prediction has a 90%
-        interval: plus/minus the 90th percentile of absolute validation residuals (split-conformal).
-        Invalid input gets HTTP 400 with one message per problem, naming the record index and field.
-        """
-        rows = [student.model_input() for student in students]
-        infos = await self.infos()
-        try:
-            matrix = await self.model.to_async.predict_rows(rows)
-        except aiohttp.ClientConnectionError:  # see NO_POOL_REFRESH; predict_rows is idempotent
-            log.warning("connection to the model service dropped; retrying once")
-            matrix = await self.model.to_async.predict_rows(rows)
-        return assemble(rows, matrix, infos)
+        """/readyz: ready once the champions are loaded."""
+        return getattr(self, "predictor", None) is not None
 
 
-StudentGrowth.add_asgi_middleware(JSONBody)
+# ``bentoml build`` packs the models the service class references: one attribute per champion.
+for _index, _entry in enumerate(ENTRIES):
+    setattr(_StudentGrowth, f"champion_{_index}", BentoModel(_entry.tag))
+
+StudentGrowth = bentoml.asgi_app(api, path="/")(
+    bentoml.service(name="student_growth", workers=workers(), traffic={"timeout": REQUEST_TIMEOUT_S},
+                    labels={"project": "student-growth"})(_StudentGrowth)
+)

@@ -14,6 +14,7 @@ import pandas as pd
 from features.contract import growth_column, prior_score_column
 from features.ingest import District, load_district
 from features.pairs import growth_pairs, status_counts, usable
+from features.schema import model_input_schema, validate_model_input
 from features.school_aggregates import school_feature_columns, school_year_table
 from features.split import Split, split_pairs
 from features.transform import GrowthTransform, model_input_columns
@@ -139,6 +140,12 @@ def require_pairs(data: DistrictData, subject: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def subject_scales(district: District) -> dict[str, tuple[float, float]]:
+    """Lowest and highest obtainable score of each subject over its grades."""
+    return {s.name: (min(lo for lo, _ in s.scale.values()), max(hi for _, hi in s.scale.values()))
+            for s in district.subjects}
+
+
 def prepare(data: DistrictData, config: DataConfig) -> Prepared:
     """Split the subject's usable pairs and fit the transform on the training part only."""
     frame = require_pairs(data, config.subject)
@@ -153,6 +160,10 @@ def prepare(data: DistrictData, config: DataConfig) -> Prepared:
         exclude=exclude,
     )
     prepared = Prepared(data, config, frame, y, split, transform)
+    schema = model_input_schema(data.subjects, data.district.grades, subject_scales(data.district),
+                                data.district.config.school_days)
+    for part in ("train", "val", "cal", "test"):  # every row a model sees passes the one model-input schema
+        validate_model_input(prepared.inputs(part), schema)
     transform.fit(prepared.inputs("train"))
     prepared.X = {
         name: transform.transform(prepared.inputs(name)) for name in ("train", "val", "cal", "test")

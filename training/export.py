@@ -12,11 +12,20 @@ MODEL_FILE = "model.pkl"
 
 def export_champion(model, name: str, kind: str, subject: str, metadata: dict) -> bentoml.Tag:
     """Save the whole model object (transform + estimator + intervals) as a new store version labelled
-    ``alias=champion``; the service loads the newest such version of each name (serving.predictor)."""
+    ``alias=champion``; the service loads the newest such version of each name (serving.predictor).
+    The metadata also describes the inputs, grades and scale, so the API schema is built without
+    unpickling a model."""
+    described = {
+        "inputs": list(model.input_columns),
+        "grades": list(model.meta.get("target_grades", model.transform.grades)),
+        "scale": model.meta.get("scale"),
+        "interval_level": getattr(getattr(model, "interval", None), "level", None),
+    }
     with bentoml.models.create(
         name,
         labels={"alias": CHAMPION_ALIAS, "subject": subject, "kind": kind},
-        metadata={**metadata, "subject": subject, "kind": kind},
+        # BentoML metadata takes basic types only: absent entries are left out, not stored as None.
+        metadata={k: v for k, v in {**metadata, **described, "subject": subject, "kind": kind}.items() if v is not None},
     ) as stored:
         with open(stored.path_of(MODEL_FILE), "wb") as handle:
             cloudpickle.dump(model, handle)

@@ -25,7 +25,16 @@ from mlflow.tracking import MlflowClient
 from features.contract import prior_score_column
 from features.settings import get_settings
 from training import evaluate as ev
-from training.data import DataConfig, DistrictData, Prepared, Source, load_data, prepare
+from training.data import (
+    DataConfig,
+    DistrictData,
+    Prepared,
+    Source,
+    load_data,
+    prepare,
+    require_pairs,
+    subject_scales,
+)
 from training.families import BASELINES, DEFAULT_FAMILIES, FAMILIES, FeatureInfo, fit_family, refit_family
 from training.intervals import (
     IntervalModel,
@@ -294,10 +303,22 @@ def coverage_table(model: GrowthModel, frame: pd.DataFrame, actual: np.ndarray, 
     return pd.DataFrame(rows)
 
 
+def target_grades(prepared: Prepared) -> list[str]:
+    """Grades the model learned to predict (a target-year grade of a training pair), in grade order."""
+    seen = set(prepared.part("train")["grade"].astype(str))
+    return [g for g in prepared.data.district.grades if g in seen]
+
+
+def subject_scale(data: DistrictData, subject: str) -> list[float]:
+    """Lowest and highest obtainable score of the subject over all grades (bounds of served priors)."""
+    return list(subject_scales(data.district)[subject])
+
+
 def train(config: TrainConfig, data: DistrictData | None = None) -> dict:
     """Fit, compare, register and gate one subject's growth model; returns a summary with the gate result."""
     data = data or load_data(config.source)
     subject = config.data.subject
+    require_pairs(data, subject)  # the data's own problem first: no growth pairs, no model
     tuned = tuned_families(config, data.fingerprint)
     prepared = prepare(data, config.data)
     use_experiment(subject)
@@ -327,6 +348,8 @@ def train(config: TrainConfig, data: DistrictData | None = None) -> dict:
         input_columns=tuple(prepared.input_columns),
         required=("school_id", "grade", prior_score_column(subject)),
         meta={
+            "scale": subject_scale(data, subject),
+            "target_grades": target_grades(prepared),
             "data_fingerprint": data.fingerprint,
             "split": prepared.split.describe(),
             "years": data.district.years,

@@ -32,6 +32,7 @@ from training.support import (
 )
 from training.tracking import log_figure, use_experiment
 from training.tuning import StudyError, study_best
+from training.train import target_grades
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def train_support(
         transform=prepared.transform,
         estimator=calibrated,
         input_columns=tuple(prepared.input_columns),
-        meta={"data_fingerprint": prepared.fingerprint, "split": prepared.split.describe()},
+        meta={"data_fingerprint": prepared.fingerprint, "split": prepared.split.describe(),
+              "target_grades": target_grades(prepared)},
     )
     p_test = model.predict(prepared.inputs("test"))
     metrics = support_scores(y["test"], p_test, "test")

@@ -1,0 +1,62 @@
+"""The `growth` command on user mistakes: one clear message, exit code 1, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+
+@pytest.fixture()
+def classic_without_priors(small_district: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The classic two tables with every prior-year column removed (the widely used district files)."""
+    students = pd.read_csv(small_district / "students.csv")
+    students = students.drop(columns=[c for c in students.columns if c.startswith("prior_")])
+    path = tmp_path / "students.csv"
+    students.to_csv(path, index=False)
+    return small_district / "schools.csv", path
+
+
+@pytest.mark.parametrize("command", ["tune", "train"])
+def test_growth_model_without_prior_scores_says_which_columns_it_needs(
+    command: str, classic_without_priors: tuple[Path, Path], isolated_stores: Path
+) -> None:
+    schools, students = classic_without_priors
+    result = CliRunner().invoke(app, [command, "--schools", str(schools), "--students", str(students)])
+    assert result.exit_code == 1, result.output
+    assert "the growth model needs each student's score of the year before" in result.output
+    assert "add the columns prior_math_score, prior_reading_score" in result.output
+    assert "Traceback" not in result.output and "KeyError" not in result.output
+
+
+def test_classic_files_without_priors_still_validate(classic_without_priors: tuple[Path, Path]) -> None:
+    schools, students = classic_without_priors
+    result = CliRunner().invoke(app, ["validate", "--schools", str(schools), "--students", str(students)])
+    assert result.exit_code == 0, result.output
+    assert "3,000 students" in result.output
+
+
+def test_half_of_the_classic_pair_is_refused(small_district: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", "--schools", str(small_district / "schools.csv")])
+    assert result.exit_code == 1
+    assert "the classic format needs both --schools and --students" in result.output
+
+
+def test_missing_default_config_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["validate"])
+    assert result.exit_code == 1
+    assert "no district config at data/district/district.toml" in result.output
+    assert "growth generate" in result.output
+
+
+def test_settings_prints_one_value_for_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GROWTH_OPTUNA_STORAGE", "postgresql://postgres@127.0.0.1:5432/growth")
+    result = CliRunner().invoke(app, ["settings", "--get", "optuna_storage"])
+    assert result.exit_code == 0 and result.output.strip() == "postgresql://postgres@127.0.0.1:5432/growth"
+    result = CliRunner().invoke(app, ["settings", "--get", "colour"])
+    assert result.exit_code == 1 and "unknown setting 'colour'" in result.output

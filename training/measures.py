@@ -1,0 +1,158 @@
+"""Growth measures a district acts on, from the growth pairs of one school year: each student's growth
+percentile (SGP, training.sgp), medians per school, grade and group; each school's value-added with
+its uncertainty (training.value_added); and, on the synthetic district, both against the truth.
+
+One usable pair definition (features.pairs.USABLE) feeds all of them, as it feeds the growth model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.contract import prior_score_column, score_column
+from features.pairs import status_column, usable
+from training.data import DistrictData
+from training.sgp import SGPConfig, median_sgp, student_growth_percentiles
+from training.value_added import VAConfig, ValueAdded, school_value_added
+
+GROUPS = ("econ_disadvantaged", "english_learner", "special_education", "gender", "grade")
+
+
+def report_year(data: DistrictData, year: int | None) -> int:
+    """The target year to measure (default: the latest year that has growth pairs)."""
+    years = sorted(int(y) for y in pd.unique(data.pairs["school_year"])) if len(data.pairs) else []
+    if not years:
+        raise ValueError("no growth pairs: growth measures need two consecutive school years")
+    if year is None:
+        return years[-1]
+    if year not in years:
+        raise ValueError(f"no growth pairs for {year}; target years with pairs: {', '.join(map(str, years))}")
+    return year
+
+
+def _prior2_in_step(frame: pd.DataFrame, subject: str, grades: list[str]) -> pd.Series:
+    """The score two years back, only when the student moved up one grade each year (the SGP package's
+    grade progression); otherwise missing, so that student gets an order-1 SGP."""
+    position = {g: i for i, g in enumerate(grades)}
+    now = frame["grade"].astype(str).map(position)
+    before = frame["prior2_grade"].astype(object).map(lambda g: position.get(str(g), np.nan))
+    return frame[prior_score_column(subject, 2)].where(now - before == 2)
+
+
+def student_sgps(data: DistrictData, year: int | None = None, progress: bool = False,
+                 config: SGPConfig = SGPConfig()) -> pd.DataFrame:
+    """One row per student and subject with an SGP in ``year``: SGP, its order and the student's groups."""
+    year = report_year(data, year)
+    grades = list(data.district.grades)
+    parts = []
+    for subject in data.subjects:
+        rows = usable(data.pairs, subject)
+        rows = rows[rows["school_year"] == year].copy()
+        if rows.empty:
+            continue
+        rows["_prior2"] = _prior2_in_step(rows, subject, grades)
+        result = student_growth_percentiles(rows, score_column(subject), [prior_score_column(subject), "_prior2"],
+                                            ["school_year", "grade"], config=config, progress=progress)
+        keep = [c for c in ("student_id", "school_year", "grade", "school_id", "school_name", *GROUPS) if c in rows]
+        frame = rows[keep].assign(subject=subject, sgp=result["sgp"], sgp_order=result["sgp_order"],
+                                  sgp_note=result["sgp_note"])
+        parts.append(frame)
+    if not parts:
+        raise ValueError(f"no usable growth pairs in {year}")
+    out = pd.concat(parts, ignore_index=True)
+    for column in ("student_id", "school_id", "school_name", "grade"):
+        out[column] = out[column].astype(str)
+    return out
+
+
+def year_sgps(data: DistrictData, year: int) -> pd.DataFrame | None:
+    """Wide SGPs of one year (``<subject>_sgp``, ``<subject>_sgp_order``) for batch scoring."""
+    try:
+        sgps = student_sgps(data, year)
+    except ValueError:
+        return None
+    wide = sgps.pivot_table(index="student_id", columns="subject", values=["sgp", "sgp_order"], aggfunc="first")
+    wide.columns = [f"{subject}_{value}" for value, subject in wide.columns]
+    return wide.reset_index()
+
+
+def group_medians(sgps: pd.DataFrame, min_n: int, level: float = 0.9) -> pd.DataFrame:
+    """Median SGP with a 90% interval and the count per subject and school, grade and group; groups of
+    fewer than ``min_n`` students are suppressed."""
+    parts = [median_sgp(sgps, ["subject", "school_id", "school_name"], level=level, min_n=min_n)
+             .assign(by="school")]
+    for column in GROUPS:
+        if column not in sgps:
+            continue
+        values = sgps[column]
+        if column in ("econ_disadvantaged", "english_learner", "special_education"):
+            values = values.map({1.0: "yes", 0.0: "no"})
+        frame = sgps.assign(value=values.astype(object).where(values.notna(), "missing").astype(str))
+        parts.append(median_sgp(frame, ["subject", "value"], level=level, min_n=min_n).assign(by=column))
+    parts.append(median_sgp(sgps.assign(value="all students"), ["subject", "value"], level=level, min_n=min_n)
+                 .assign(by="all"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def value_added(data: DistrictData, year: int | None = None, min_n: int = 10) -> dict[str, ValueAdded]:
+    """Each subject's school value-added on every usable pair of ``year`` (all students, not a test split)."""
+    year = report_year(data, year)
+    pairs = data.pairs[data.pairs["school_year"] == year]
+    config = VAConfig(min_students=min_n)
+    return {s: school_value_added(pairs, s, data.subjects, config) for s in data.subjects
+            if usable(pairs, s).shape[0] > 0}
+
+
+@dataclass(frozen=True)
+class TruthCheck:
+    """How an estimate compares with the synthetic truth, per subject and view."""
+
+    subject: str
+    view: str
+    truth: str
+    schools: int
+    correlation: float
+    coverage: float
+
+
+def truth_school_effects(folder: Path) -> pd.DataFrame | None:
+    path = Path(folder) / "truth" / "school_effects.csv"
+    if not path.exists():
+        return None
+    return pd.read_csv(path, dtype={"school_id": str})
+
+
+def va_truth(va: dict[str, ValueAdded], truth: pd.DataFrame | None, pairs: pd.DataFrame, year: int
+             ) -> list[TruthCheck]:
+    """Correlation with the true effect and interval coverage: view A against the effect including peers
+    (what view A estimates), view B against the school's own effect. The estimates compare a school with
+    the average school of the same grade and year, so the truth is centred the same way, student by
+    student, before it is averaged per school."""
+    if truth is None:
+        return []
+    checks = []
+    for subject, result in va.items():
+        rows = usable(pairs[pairs["school_year"] == year], subject)
+        rows = rows[["school_id", "school_year", "grade"]].astype({"school_id": str, "grade": str})
+        mine = truth[truth["subject"] == subject]
+        joined = rows.merge(mine, on=["school_id", "school_year"], how="inner")
+        level = joined["grade"] + "|" + joined["school_year"].astype(str)
+        table = result.table[~result.table["suppressed"]].set_index("school_id")
+        for view, suffix, target in (("A", "", "effect_with_peers"), ("B", "_b", "effect")):
+            centred = joined[target] - joined.groupby(level)[target].transform("mean")
+            true = centred.groupby(joined["school_id"]).mean()
+            both = table.join(true.rename("truth"), how="inner")
+            inside = (both["truth"] >= both[f"low{suffix}"]) & (both["truth"] <= both[f"high{suffix}"])
+            checks.append(TruthCheck(subject, view, target, len(both),
+                                     float(both[f"estimate{suffix}"].corr(both["truth"])), float(inside.mean())))
+    return checks
+
+
+def status_summary(data: DistrictData, year: int) -> pd.DataFrame:
+    """Students of the year by pair status and subject (who is measured, who is not, and why)."""
+    pairs = data.pairs[data.pairs["school_year"] == year]
+    return pd.DataFrame({s: pairs[status_column(s)].value_counts() for s in data.subjects}).fillna(0).astype(int)
