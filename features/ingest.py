@@ -376,8 +376,9 @@ def convert_records(
     coded = rec.Coded.of(frame["grade"])
     mapped, known = coded.mapped(config.values.get("grade"))
     grade_pos = {g: i for i, g in enumerate(config.grades)}
-    per_code = np.array([grade_pos.get(str(g), -2) if k else -2 for g, k in zip(mapped, known, strict=True)],
-                        dtype=np.int16)
+    per_code = np.array(
+        [grade_pos.get(str(g), -2) if k else -2 for g, k in zip(mapped, known, strict=True)], dtype=np.int16
+    )
     grade_index = coded.rows(per_code, np.int16(MISSING_GRADE))
     bad_grade = grade_index == -2
     problems += located.problems(
@@ -394,8 +395,11 @@ def convert_records(
 
     # Scale score, within the subject's declared scale for the grade.
     scores, bad = rec.numbers(frame["scale_score"])
-    score_text = rec.Coded.of(frame["scale_score"]) if not pd.api.types.is_numeric_dtype(
-        frame["scale_score"]) else None
+    score_text = (
+        rec.Coded.of(frame["scale_score"])
+        if not pd.api.types.is_numeric_dtype(frame["scale_score"])
+        else None
+    )
 
     def text(mask: np.ndarray) -> np.ndarray:
         return score_text.text(mask) if score_text is not None else scores[mask]
@@ -435,8 +439,10 @@ def convert_records(
         for i, subject in enumerate(subjects):
             mine = out["subject"] == i
             position = {name: k for k, name in enumerate(subject.levels)}
-            per_code = np.array([position.get(str(v), -2) if k else -2 for v, k in zip(names, known, strict=True)],
-                                dtype=np.int8)
+            per_code = np.array(
+                [position.get(str(v), -2) if k else -2 for v, k in zip(names, known, strict=True)],
+                dtype=np.int8,
+            )
             idx = coded.rows(per_code, np.int8(-1))
             bad_level = mine & (idx == -2)
             level_index[mine] = np.maximum(idx[mine], -1)
@@ -498,16 +504,18 @@ def convert_attribute(
             else f"a code listed in the config (key '{key}')"
         )
         problems = located.problems(unmapped, file_column, expected, coded.text(unmapped))
-        per_code = np.array([float(bool(v)) if k else np.nan for v, k in zip(values, known, strict=True)],
-                            dtype=np.float32)
+        per_code = np.array(
+            [float(bool(v)) if k else np.nan for v, k in zip(values, known, strict=True)], dtype=np.float32
+        )
         return coded.rows(per_code, np.float32(np.nan)), problems
     if spec.kind == "category":
         allowed = RECORD_GENDERS if spec.name == "gender" else PARENTAL_EDUCATION
         coded = rec.Coded.of(series)
         values, known = coded.mapped(config.values.get(spec.name))
         position = {a: i for i, a in enumerate(allowed)}
-        per_code = np.array([position.get(v, -2) if k else -2 for v, k in zip(values, known, strict=True)],
-                            dtype=np.int16)
+        per_code = np.array(
+            [position.get(v, -2) if k else -2 for v, k in zip(values, known, strict=True)], dtype=np.int16
+        )
         index = coded.rows(per_code, np.int16(-1))
         bad = index == -2
         expected = (
@@ -529,8 +537,11 @@ def convert_attribute(
     if spec.kind == "int":
         outside |= ~np.isnan(numbers) & (numbers != np.floor(numbers))
     wrong = bad | outside
-    found = (rec.Coded.of(series).text(wrong) if wrong.any() and not pd.api.types.is_numeric_dtype(series)
-             else numbers[wrong])
+    found = (
+        rec.Coded.of(series).text(wrong)
+        if wrong.any() and not pd.api.types.is_numeric_dtype(series)
+        else numbers[wrong]
+    )
     problems = located.problems(wrong, file_column, expected, found)
     numbers[wrong] = np.nan
     return numbers.astype(np.float32), problems
@@ -721,8 +732,9 @@ def read_schools(config: DistrictConfig) -> tuple[pd.DataFrame | None, list[Prob
     if "type" in frame:
         coded = rec.Coded.of(frame["type"])
         values, known = coded.mapped(config.values.get("type"))
-        per_code = np.array([v if k and v in SCHOOL_TYPES else None for v, k in zip(values, known, strict=True)],
-                            dtype=object)
+        per_code = np.array(
+            [v if k and v in SCHOOL_TYPES else None for v, k in zip(values, known, strict=True)], dtype=object
+        )
         bad = coded.present & coded.rows(np.array([v is None for v in per_code]), False)
         found += located.problems(
             bad,

@@ -166,8 +166,9 @@ class Coded:
         """The texts of the rows in ``mask`` (for messages)."""
         return self.categories[self.codes[mask]] if mask.any() else np.array([], dtype=object)
 
-    def mapped(self, mapping: Mapping[str, object] | None, default: Mapping[str, object] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def mapped(
+        self, mapping: Mapping[str, object] | None, default: Mapping[str, object] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(mapped value per distinct text, whether each was mapped): through ``mapping`` when the config
         gives one, else through ``default`` (e.g. yes/no words), else the text itself."""
         lookup = {str(k).strip(): v for k, v in (mapping or {}).items()}

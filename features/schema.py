@@ -13,7 +13,12 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import pandera.pandas as pa
 
-from features.contract import ATTRIBUTE_COLUMNS, ENGAGEMENT_COLUMNS, prior_engagement_column, prior_score_column
+from features.contract import (
+    ATTRIBUTE_COLUMNS,
+    ENGAGEMENT_COLUMNS,
+    prior_engagement_column,
+    prior_score_column,
+)
 from features.transform import model_input_columns
 
 
@@ -25,8 +30,12 @@ def _range(low: float | None, high: float | None) -> list[pa.Check]:
     return []
 
 
-def model_input_schema(subjects: Sequence[str], grades: Sequence[str],
-                       scales: Mapping[str, tuple[float, float]], school_days: int = 366) -> pa.DataFrameSchema:
+def model_input_schema(
+    subjects: Sequence[str],
+    grades: Sequence[str],
+    scales: Mapping[str, tuple[float, float]],
+    school_days: int = 366,
+) -> pa.DataFrameSchema:
     """Columns, types, ranges and categories of the model input; every column but the keys optional."""
     columns: dict[str, pa.Column] = {
         "school_id": pa.Column(str, nullable=False, coerce=True),
@@ -37,7 +46,8 @@ def model_input_schema(subjects: Sequence[str], grades: Sequence[str],
         low, high = scales.get(subject, (None, None))
         for back in (1, 2):
             columns[prior_score_column(subject, back)] = pa.Column(
-                float, _range(low, high), nullable=True, coerce=True, required=False)
+                float, _range(low, high), nullable=True, coerce=True, required=False
+            )
     for col in ATTRIBUTE_COLUMNS:
         if col.kind == "bool":
             checks = [pa.Check.isin([0.0, 1.0])]
@@ -50,7 +60,8 @@ def model_input_schema(subjects: Sequence[str], grades: Sequence[str],
     for col in ENGAGEMENT_COLUMNS:
         high = school_days if col.name == "days_absent" else col.max
         columns[prior_engagement_column(col.name)] = pa.Column(
-            float, _range(col.min, high), nullable=True, coerce=True, required=False)
+            float, _range(col.min, high), nullable=True, coerce=True, required=False
+        )
     expected = set(model_input_columns(subjects))
     assert expected == set(columns), f"schema and transform disagree: {sorted(expected ^ set(columns))}"
     return pa.DataFrameSchema(columns, strict=True, coerce=True, name="model input")
@@ -58,6 +69,9 @@ def model_input_schema(subjects: Sequence[str], grades: Sequence[str],
 
 def validate_model_input(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
     """The frame coerced to the schema's types; a SchemaErrors lists every violation at once."""
-    text = {c: frame[c].astype(object).where(frame[c].notna(), None) for c in frame.columns
-            if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+    text = {
+        c: frame[c].astype(object).where(frame[c].notna(), None)
+        for c in frame.columns
+        if isinstance(frame[c].dtype, pd.CategoricalDtype)
+    }
     return schema.validate(frame.assign(**text), lazy=True)

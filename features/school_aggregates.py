@@ -157,6 +157,43 @@ def within_grade_z(students: pd.DataFrame, subjects: Sequence[str]) -> pd.DataFr
     return pd.DataFrame(out, index=students.index)
 
 
+def adjusted_column(subject: str) -> str:
+    return f"adjusted_growth_{subject}"
+
+
+# Adding last year's engagement measured no better (validation RMSE 16.279 vs 16.283 on the default district).
+ADJUSTERS = ("econ_disadvantaged", "english_learner", "special_education")
+
+
+def adjusted_growth(pairs: pd.DataFrame, subjects: Sequence[str]) -> pd.DataFrame:
+    """Each comparable pair's score minus what a per-grade, per-year least-squares fit on the prior scores
+    (every subject's, missing ones filled), and the student flags predicts: growth beyond what students
+    like these usually make that year. A school's mean of it is a simple value-added signal, far less
+    confounded by who the school enrols than its raw mean growth."""
+    out = pd.DataFrame(index=pairs.index)
+    cells = (pairs["school_year"].astype(str) + "|" + pairs["grade"].astype(str)).to_numpy()
+    priors = [f"prior_{s}_score" for s in subjects if f"prior_{s}_score" in pairs]
+    flags = [c for c in ADJUSTERS if c in pairs]
+    design = pairs[priors + flags].to_numpy(dtype=float)
+    for subject in subjects:
+        values = np.full(len(pairs), np.nan)
+        comparable = pairs[f"pair_status_{subject}"].isin(["ok", "school_changed"]).to_numpy()
+        y = pairs[score_column(subject)].to_numpy(dtype=float)
+        usable = comparable & ~np.isnan(y)
+        for cell in np.unique(cells[usable]):
+            rows = np.flatnonzero(usable & (cells == cell))
+            if len(rows) < 3 * (len(priors) + len(flags) + 1):
+                continue
+            x = design[rows]
+            missing = np.isnan(x)
+            filled = np.where(missing, np.nanmean(np.where(missing, np.nan, x), axis=0), x)
+            x = np.column_stack([np.ones(len(rows)), np.nan_to_num(filled), missing[:, : len(priors)]])
+            beta = np.linalg.lstsq(x, y[rows], rcond=None)[0]
+            values[rows] = y[rows] - x @ beta
+        out[adjusted_column(subject)] = values
+    return out
+
+
 def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list[str]:
     """The aggregate columns of ``school_year_table`` the model uses (none uses target-year data)."""
     columns = ["total_students", "per_student_budget"]
@@ -165,6 +202,7 @@ def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list
             f"mean_{z_column(subject)}",
             f"pct_proficient_{subject}",
             f"mean_{growth_column(subject)}",
+            f"mean_{adjusted_column(subject)}",
         ]
     columns += [f"mean_{c}" for c in SCHOOL_SHARES]
     return [c for c in columns if c in table.columns]
@@ -183,6 +221,7 @@ def school_year_table(
     frame = students.join(within_grade_z(students, subjects))
     for subject in subjects:
         frame[growth_column(subject)] = np.nan
+        frame[adjusted_column(subject)] = np.nan
     if pairs is not None:
         # Pairs come from this table, so they are matched by (student, year); only comparable growth
         # (pairs that enter the growth models) counts towards a school's mean growth.
@@ -194,14 +233,19 @@ def school_year_table(
         )
         position = pair_key.get_indexer(key)
         found = position >= 0
+        adjusted = adjusted_growth(pairs, subjects)
         for subject in subjects:
             growth = pairs[growth_column(subject)].to_numpy(dtype=float)
             comparable = pairs[f"pair_status_{subject}"].isin(["ok", "school_changed"]).to_numpy()
-            values = np.where(comparable, growth, np.nan)
-            column = np.full(len(frame), np.nan)
-            column[found] = values[position[found]]
-            frame[growth_column(subject)] = column
+            for name, values in (
+                (growth_column(subject), np.where(comparable, growth, np.nan)),
+                (adjusted_column(subject), adjusted[adjusted_column(subject)].to_numpy()),
+            ):
+                column = np.full(len(frame), np.nan)
+                column[found] = values[position[found]]
+                frame[name] = column
     extra = [z_column(s) for s in subjects] + [growth_column(s) for s in subjects]
+    extra += [adjusted_column(s) for s in subjects]
     extra += [c for c in SCHOOL_SHARES if c in frame]
     parts = []
     for year, rows in frame.groupby("school_year", sort=True):

@@ -7,8 +7,11 @@
 * ``random``: every year pair is shuffled into the four parts (the only choice with one target year,
   e.g. the classic format).
 
-Parts are drawn by student (or by school with ``holdout_schools``), so one student's pairs of
-several years never sit on both sides of a cut.
+The random scheme draws parts by student (or by school with ``holdout_schools``). The future scheme
+draws train, validation and calibration by SCHOOL-YEAR: the test year brings each school's new
+prior-year aggregates, values no training row had, so validation and calibration must also hold
+school-years the model never saw, or they reward memorising the few hundred school-year rows
+(measured: a spline model validated at 16.0 points and tested at 41.7 when cut by student).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ class Split:
         return f"{self.scheme}: {len(self.test):,} test students drawn at random from years {years}"
 
 
-def _groups(pairs: pd.DataFrame, holdout_schools: bool) -> np.ndarray:
+def _groups(pairs: pd.DataFrame, holdout_schools: bool, by_school_year: bool = False) -> np.ndarray:
+    if by_school_year and not holdout_schools:
+        keys = pairs["school_id"].astype(str) + "|" + pairs["school_year"].astype(str)
+        return pd.factorize(keys, sort=True)[0]
     column = "school_id" if holdout_schools else "student_id"
     return pd.factorize(pairs[column].astype(str), sort=True)[0]
 
@@ -77,11 +83,12 @@ def split_pairs(
         )
     years = np.asarray(pairs["school_year"], dtype=np.int64)
     target_years = sorted(set(years.tolist()))
-    groups = _groups(pairs, holdout_schools)
+    future = scheme == "future" and len(target_years) >= 2
+    groups = _groups(pairs, holdout_schools, by_school_year=future)
     if holdout_schools and groups.max() + 1 < 4:
         raise ValueError("holding out schools needs at least 4 schools")
-    label = "holdout-schools" if holdout_schools else "by student"
-    if scheme == "future" and len(target_years) >= 2:
+    if future:
+        label = "holdout-schools" if holdout_schools else "by school-year"
         test_year = target_years[-1]
         past = np.flatnonzero(years < test_year)
         rest = 1.0 - VAL_FRAC - CAL_FRAC
@@ -93,6 +100,7 @@ def split_pairs(
         return Split(
             *(past[parts[p]] for p in ("train", "val", "cal")), test, f"future ({label})", (test_year,)
         )
+    label = "holdout-schools" if holdout_schools else "by student"
     rest = 1.0 - VAL_FRAC - CAL_FRAC - TEST_FRAC
     parts = _cut(groups, {"train": rest, "val": VAL_FRAC, "cal": CAL_FRAC, "test": TEST_FRAC}, seed)
     return Split(*(parts[p] for p in PARTS), f"random ({label})", tuple(target_years))

@@ -124,18 +124,26 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         self._fit_schools()
         self.priors_ = [prior_score_column(s, back) for s in self.subjects_ for back in (1, 2)]
         self.prior_backs_ = np.array([back for _ in self.subjects_ for back in (1, 2)])
-        self.numeric_ = [*self.priors_, *(c for c in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT)
-                                          if c not in self.exclude)]
+        self.numeric_ = [
+            *self.priors_,
+            *(c for c in (*FLAGS, *NUMERIC_ATTRIBUTES, *ENGAGEMENT) if c not in self.exclude),
+        ]
         self.use_gender_ = "gender" not in self.exclude
         values = self._numeric_values(X, n)
         grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
-        self.fill_ = np.array([_nanmean(values[:, j]) if c in FLAGS else _nanmedian(values[:, j])
-                               for j, c in enumerate(self.numeric_)])
-        moments = [grade_moments(values[:, k], grade - back, len(self.grades))
-                   for k, back in enumerate(self.prior_backs_)]
+        self.fill_ = np.array(
+            [
+                _nanmean(values[:, j]) if c in FLAGS else _nanmedian(values[:, j])
+                for j, c in enumerate(self.numeric_)
+            ]
+        )
+        moments = [
+            grade_moments(values[:, k], grade - back, len(self.grades))
+            for k, back in enumerate(self.prior_backs_)
+        ]
         self.prior_mean_ = np.column_stack([m[0] for m in moments])  # (grades + 1) x priors
         self.prior_sd_ = np.column_stack([m[1] for m in moments])
-        gains = values[:, 0:len(self.priors_):2] - values[:, 1:len(self.priors_):2]
+        gains = values[:, 0 : len(self.priors_) : 2] - values[:, 1 : len(self.priors_) : 2]
         self.gain_fill_ = np.array([_nanmedian(gains[:, j]) for j in range(gains.shape[1])])
         parent = self.parent_lookup_.positions(_column(X, "parental_education", n), n).astype(float)
         self.parent_fill_ = _nanmedian(np.where(parent < 0, np.nan, parent))
@@ -153,11 +161,15 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
     def _names(self) -> list[str]:
         """Output column names, in the order ``_raw`` builds them."""
         return [
-            "grade_index", *(f"grade={g}" for g in self.grades),
-            *self.numeric_, *(f"{c}_missing" for c in self.numeric_),
-            *(f"{c}_z" for c in self.priors_), *(f"gain_{s}" for s in self.subjects_),
+            "grade_index",
+            *(f"grade={g}" for g in self.grades),
+            *self.numeric_,
+            *(f"{c}_missing" for c in self.numeric_),
+            *(f"{c}_z" for c in self.priors_),
+            *(f"gain_{s}" for s in self.subjects_),
             *((f"gender={g}" for g in RECORD_GENDERS) if self.use_gender_ else ()),
-            "parental_education", "parental_education_missing",
+            "parental_education",
+            "parental_education_missing",
             *self.school_feature_names(),
         ]
 

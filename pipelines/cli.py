@@ -253,14 +253,18 @@ def report(
     for line in result.omitted_lines():
         typer.echo(line)
     growth_path = None
-    if growth and len(data.pairs):
+    if growth and len(data.pairs) and result.year in set(data.pairs["school_year"].astype(int)):
         from reports.growth_report import build_growth_report
 
         with user_errors():
             growth_path = build_growth_report(data, out, year=result.year, progress=True)
     if log_mlflow:
-        run_id = log_to_mlflow(out, params={"source": source.describe(), "year": result.year},
-                               metrics=mlflow_metrics(result.tables))
+        from reports.growth_report import growth_mlflow_metrics
+
+        metrics = {**mlflow_metrics(result.tables), **(growth_mlflow_metrics(out) if growth_path else {})}
+        run_id = log_to_mlflow(
+            out, params={"source": source.describe(), "year": result.year}, metrics=metrics
+        )
         typer.echo(f"logged {out}/ to MLflow run {run_id} (experiment {REPORTS_EXPERIMENT})")
     typer.echo(f"report ({result.year_label}): {result.html_path}")
     if growth_path:
@@ -268,6 +272,17 @@ def report(
 
 
 TASKS = ("growth", "support")
+
+
+def families_for(task: str, wanted: list[str]) -> list[str]:
+    """The task's families among those asked for (all defaults when none were asked for)."""
+    from training.families import DEFAULT_FAMILIES, FAMILIES
+    from training.support import DEFAULT_SUPPORT_FAMILIES, SUPPORT_FAMILIES
+
+    known, default = (
+        (FAMILIES, DEFAULT_FAMILIES) if task == "growth" else (SUPPORT_FAMILIES, DEFAULT_SUPPORT_FAMILIES)
+    )
+    return [f for f in wanted if f in known] if wanted else list(default)
 
 
 @app.command()
@@ -295,14 +310,18 @@ def tune(
 ) -> None:
     """Tune each family with Optuna (one study per subject, task, family and data); re-run to resume."""
     from training.data import DataConfig, load_data, prepare
-    from training.families import DEFAULT_FAMILIES
-    from training.support import DEFAULT_SUPPORT_FAMILIES
     from training.tuning import TuneConfig
     from training.tuning import tune as run_tune
 
     bad = [t for t in task if t not in TASKS]
     if bad:
         raise fail(f"--task takes growth or support; found {', '.join(bad)}")
+    unknown = [f for f in family if not any(f in families_for(t, [f]) for t in TASKS)]
+    if unknown:
+        raise fail(
+            f"unknown family {', '.join(unknown)}; growth: lgbm hgb linear extratrees keras; "
+            "support: lgbm logistic"
+        )
     source = source_of(config, schools, students)
     with user_errors():
         data = load_data(source, progress=True)
@@ -310,7 +329,7 @@ def tune(
             data_config = DataConfig(subj, seed, split, holdout_schools, protected_inputs)
             prepared = prepare(data, data_config) if workers == 1 else None
             for tsk in task:
-                names = family or list(DEFAULT_FAMILIES if tsk == "growth" else DEFAULT_SUPPORT_FAMILIES)
+                names = families_for(tsk, family)
                 if tsk == "support" and prepared is not None:
                     from training.support import labels_of
 

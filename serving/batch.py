@@ -46,16 +46,25 @@ def forecast_frame(data: DistrictData, year: int) -> pd.DataFrame:
     current = district.year(latest).reset_index(drop=True)
     grades = list(district.grades)
     following = {g: grades[i + 1] for i, g in enumerate(grades[:-1])}
-    frame = pd.DataFrame({
-        "student_id": current["student_id"].astype(str).to_numpy(),
-        "school_year": np.full(len(current), year, dtype=np.int64),
-        "grade": current["grade"].astype(str).map(following).to_numpy(dtype=object),
-        "school_id": current["school_id"].astype(str).to_numpy(),
-        "school_name": current["school_name"].astype(str).to_numpy(),
-        "current_grade": current["grade"].astype(str).to_numpy(),
-    })
-    for column in ("gender", "econ_disadvantaged", "english_learner", "special_education", "parental_education",
-                   "home_internet", "commute_minutes"):
+    frame = pd.DataFrame(
+        {
+            "student_id": current["student_id"].astype(str).to_numpy(),
+            "school_year": np.full(len(current), year, dtype=np.int64),
+            "grade": current["grade"].astype(str).map(following).to_numpy(dtype=object),
+            "school_id": current["school_id"].astype(str).to_numpy(),
+            "school_name": current["school_name"].astype(str).to_numpy(),
+            "current_grade": current["grade"].astype(str).to_numpy(),
+        }
+    )
+    for column in (
+        "gender",
+        "econ_disadvantaged",
+        "english_learner",
+        "special_education",
+        "parental_education",
+        "home_internet",
+        "commute_minutes",
+    ):
         if column in current:
             frame[column] = current[column].to_numpy()
     for spec in ENGAGEMENT_COLUMNS:
@@ -66,8 +75,8 @@ def forecast_frame(data: DistrictData, year: int) -> pd.DataFrame:
     for subject in district.subject_names:
         frame[prior_score_column(subject)] = current[score_column(subject)].to_numpy()
         frame[prior_score_column(subject, 2)] = (
-            earlier[score_column(subject)].reindex(frame["student_id"]).to_numpy()
-            if len(earlier) else np.nan)
+            earlier[score_column(subject)].reindex(frame["student_id"]).to_numpy() if len(earlier) else np.nan
+        )
     return frame
 
 
@@ -85,13 +94,17 @@ def unscorable_reasons(frame: pd.DataFrame, predictor: Predictor, forecast: bool
     reasons = pd.Series("", index=frame.index, dtype=object)
     priors = [prior_score_column(s) for s in predictor.served.subjects if prior_score_column(s) in frame]
     no_prior = frame[priors].isna().all(axis=1) if priors else pd.Series(True, index=frame.index)
-    reasons[no_prior] = "no prior-year score in any served subject (" + ", ".join(predictor.served.subjects) + ")"
+    reasons[no_prior] = (
+        "no prior-year score in any served subject (" + ", ".join(predictor.served.subjects) + ")"
+    )
     if forecast:
         top = frame["grade"].isna()
         reasons[top & (reasons == "")] = "no next grade (the last grade of the config)"
     known = set(predictor.served.grades)
     unknown = ~frame["grade"].isin(known) & frame["grade"].notna() & (reasons == "")
-    reasons[unknown] = "grade " + frame.loc[unknown, "grade"].astype(str) + " is not a grade the models predict"
+    reasons[unknown] = (
+        "grade " + frame.loc[unknown, "grade"].astype(str) + " is not a grade the models predict"
+    )
     return reasons
 
 
@@ -120,12 +133,18 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool = Fals
 
         chunks = track(chunks, description="scoring", transient=True)
     for start in chunks:
-        parts.append(predictor.predict_frame(frame.iloc[start:start + CHUNK]))
+        parts.append(predictor.predict_frame(frame.iloc[start : start + CHUNK]))
     return pd.concat(parts) if parts else pd.DataFrame(index=frame.index)
 
 
-def score_year(source: Source, year: int | None, out: Path, progress: bool = False,
-               predictor: Predictor | None = None, data: DistrictData | None = None) -> BatchResult:
+def score_year(
+    source: Source,
+    year: int | None,
+    out: Path,
+    progress: bool = False,
+    predictor: Predictor | None = None,
+    data: DistrictData | None = None,
+) -> BatchResult:
     """Score every student of ``year`` (default: next year) and write predictions + the side file."""
     data = data or load_data(source, progress=progress)
     predictor = predictor or Predictor.from_store()
@@ -133,8 +152,10 @@ def score_year(source: Source, year: int | None, out: Path, progress: bool = Fal
     latest = years[-1]
     year = latest + 1 if year is None else year
     if year > latest + 1 or year <= years[0]:
-        raise ValueError(f"--year {year}: give a year from {years[1] if len(years) > 1 else latest + 1} to "
-                         f"{latest + 1} (the data has {', '.join(map(str, years))}; {latest + 1} is a forecast)")
+        raise ValueError(
+            f"--year {year}: give a year from {years[1] if len(years) > 1 else latest + 1} to "
+            f"{latest + 1} (the data has {', '.join(map(str, years))}; {latest + 1} is a forecast)"
+        )
     forecast = year == latest + 1
     frame = forecast_frame(data, year) if forecast else historical_frame(data, year)
     reasons = unscorable_reasons(frame, predictor, forecast)
@@ -154,7 +175,9 @@ def score_year(source: Source, year: int | None, out: Path, progress: bool = Fal
     return BatchResult(year, len(result), len(unscorable), out, side)
 
 
-def add_actuals_and_sgp(result: pd.DataFrame, frame: pd.DataFrame, data: DistrictData, year: int) -> pd.DataFrame:
+def add_actuals_and_sgp(
+    result: pd.DataFrame, frame: pd.DataFrame, data: DistrictData, year: int
+) -> pd.DataFrame:
     """For a historical year: the actual growth and, where the year's score is known, the SGP."""
     from training.measures import year_sgps
 

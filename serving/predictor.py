@@ -78,7 +78,9 @@ def load_entry(stored: Any) -> Champion:
         family=meta.get("family"),
         interval_level=meta.get("interval_level"),
     )
-    log.info("serving %s (%s %s, registry version %s)", stored.tag, info.subject, info.kind, info.registry_version)
+    log.info(
+        "serving %s (%s %s, registry version %s)", stored.tag, info.subject, info.kind, info.registry_version
+    )
     return Champion(info, load_exported(stored))
 
 
@@ -176,7 +178,9 @@ class Predictor:
         for subject, champion in self.served.growth.items():
             model = champion.model
             prior = columns.get(prior_score_column(subject))
-            lacking = np.ones(n, bool) if prior is None else pd.isna(pd.Series(prior, dtype=object)).to_numpy()
+            lacking = (
+                np.ones(n, bool) if prior is None else pd.isna(pd.Series(prior, dtype=object)).to_numpy()
+            )
             result = model.predict_interval(columns)
             support = self.served.support.get(subject)
             if support is not None:
@@ -210,8 +214,12 @@ class Predictor:
         return pd.DataFrame(out, index=frame.index)
 
 
-def assemble(records: Sequence[Mapping[str, Any]], results: dict[str, dict[str, np.ndarray]], served: Served,
-             infos: Sequence[ModelInfo]) -> dict[str, Any]:
+def assemble(
+    records: Sequence[Mapping[str, Any]],
+    results: dict[str, dict[str, np.ndarray]],
+    served: Served,
+    infos: Sequence[ModelInfo],
+) -> dict[str, Any]:
     """The response: per record and subject the growth, interval, predicted score and support probability."""
     predictions: list[dict[str, Any]] = [{"student_id": r.get("student_id")} for r in records]
     unseen_by_subject: dict[str, np.ndarray] = {}

@@ -21,7 +21,13 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from features.contract import ATTRIBUTE_COLUMNS, ENGAGEMENT_COLUMNS, PARENTAL_EDUCATION, RECORD_GENDERS, Column
+from features.contract import (
+    ATTRIBUTE_COLUMNS,
+    ENGAGEMENT_COLUMNS,
+    PARENTAL_EDUCATION,
+    RECORD_GENDERS,
+    Column,
+)
 from features.contract import prior_engagement_column as prior_of
 from features.contract import prior_score_column
 from features.settings import get_settings
@@ -43,27 +49,55 @@ def _bounds(col: Column, name: str) -> dict[str, float]:
     return {k: v for k, v in (("ge", low), ("le", high)) if v is not None}
 
 
-def record_fields(subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None],
-                  inputs: list[str]) -> dict[str, Any]:
+def record_fields(
+    subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None], inputs: list[str]
+) -> dict[str, Any]:
     """Field definitions of one student record for these subjects, grades and score scales."""
     fields: dict[str, Any] = {
-        "student_id": (str, Field(..., min_length=1, max_length=64, description="Echoed back; never used by "
-                                  "the model.", coerce_numbers_to_str=True)),
-        "school_id": (str, Field(..., min_length=1, max_length=128, description="School of the target year "
-                                 "(the one credited); unknown schools get district-level school aggregates.")),
+        "student_id": (
+            str,
+            Field(
+                ...,
+                min_length=1,
+                max_length=64,
+                description="Echoed back; never used by the model.",
+                coerce_numbers_to_str=True,
+            ),
+        ),
+        "school_id": (
+            str,
+            Field(
+                ...,
+                min_length=1,
+                max_length=128,
+                description="School of the target year "
+                "(the one credited); unknown schools get district-level school aggregates.",
+            ),
+        ),
         "grade": (Literal[tuple(grades)], Field(..., description="Grade in the target year.")),  # type: ignore[valid-type]
     }
     if "school_year" in inputs:
-        fields["school_year"] = (int | None, Field(None, ge=0, le=3000, description=(
-            "Target school year (the year it ends); default: the year after the latest in the training data.")))
+        fields["school_year"] = (
+            int | None,
+            Field(
+                None,
+                ge=0,
+                le=3000,
+                description=(
+                    "Target school year (the year it ends); default: the year after the latest in the training data."
+                ),
+            ),
+        )
     for subject in input_subjects(inputs, subjects):
         scale = scales.get(subject)
         bounds = {"ge": scale[0], "le": scale[1]} if scale else {}
         for back, when in ((1, "the year before"), (2, "two years before")):
             name = prior_score_column(subject, back)
             if name in inputs:
-                fields[name] = (float | None, Field(None, **bounds, description=f"{subject} scale score of {when} "
-                                                    "the target year."))
+                fields[name] = (
+                    float | None,
+                    Field(None, **bounds, description=f"{subject} scale score of {when} the target year."),
+                )
     for col in ATTRIBUTE_COLUMNS:
         if col.name not in inputs:
             continue
@@ -79,17 +113,32 @@ def record_fields(subjects: list[str], grades: list[str], scales: dict[str, tupl
     for col in ENGAGEMENT_COLUMNS:
         name = prior_of(col.name)
         if name in inputs:
-            fields[name] = (float | None, Field(None, **_bounds(col, name), description=f"{col.meaning} "
-                                                "(the year before the target year)"))
-    fields["student_name"] = (str | None, Field(None, exclude=True, description=(
-        "Accepted so district rows can be sent as they are, then dropped: never used, logged or returned.")))
+            fields[name] = (
+                float | None,
+                Field(
+                    None, **_bounds(col, name), description=f"{col.meaning} (the year before the target year)"
+                ),
+            )
+    fields["student_name"] = (
+        str | None,
+        Field(
+            None,
+            exclude=True,
+            description=(
+                "Accepted so district rows can be sent as they are, then dropped: never used, logged or returned."
+            ),
+        ),
+    )
     return fields
 
 
 def input_subjects(inputs: list[str], served: list[str]) -> list[str]:
     """Every subject whose prior score is a model input (served or not), served ones first."""
-    found = [c.removeprefix("prior_").removesuffix("_score") for c in inputs
-             if c.startswith("prior_") and c.endswith("_score")]
+    found = [
+        c.removeprefix("prior_").removesuffix("_score")
+        for c in inputs
+        if c.startswith("prior_") and c.endswith("_score")
+    ]
     return list(dict.fromkeys([*served, *found]))
 
 
@@ -109,22 +158,34 @@ def located_message(loc: tuple[int | str, ...], message: str) -> str:
     return message
 
 
-def build_models(subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None],
-                 inputs: list[str]) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
+def build_models(
+    subjects: list[str], grades: list[str], scales: dict[str, tuple[float, float] | None], inputs: list[str]
+) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """(StudentRecord, PredictRequest, PredictResponse) for the served champions."""
     priors = [prior_score_column(s) for s in subjects]
 
     def needs_a_prior(record: Any) -> Any:
         if all(getattr(record, p, None) is None for p in priors):
-            raise PydanticCustomError("no_prior", "needs at least one of {fields}", {"fields": ", ".join(priors)})
+            raise PydanticCustomError(
+                "no_prior", "needs at least one of {fields}", {"fields": ", ".join(priors)}
+            )
         return record
 
-    example = {"student_id": "0001234567", "school_id": "0101", "grade": grades[min(1, len(grades) - 1)],
-               **{p: None for p in priors}}
+    example = {
+        "student_id": "0001234567",
+        "school_id": "0101",
+        "grade": grades[min(1, len(grades) - 1)],
+        **{p: None for p in priors},
+    }
     student = create_model(
         "StudentRecord",
-        __config__=ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False,
-                              str_strip_whitespace=True, json_schema_extra={"example": example}),
+        __config__=ConfigDict(
+            extra="forbid",
+            hide_input_in_errors=True,
+            allow_inf_nan=False,
+            str_strip_whitespace=True,
+            json_schema_extra={"example": example},
+        ),
         __doc__="One student as known before the target school year starts.",
         __validators__={"_needs_a_prior": model_validator(mode="after")(needs_a_prior)},
         **record_fields(subjects, grades, scales, inputs),
@@ -135,39 +196,65 @@ def build_models(subjects: list[str], grades: list[str], scales: dict[str, tuple
         """Check the size first (cheap), then rewrite every error to name its record and field."""
         if isinstance(data, dict) and isinstance(data.get("students"), list):
             if not data["students"]:
-                raise PydanticCustomError("empty_list", "field 'students': the list is empty; send at least one record")
+                raise PydanticCustomError(
+                    "empty_list", "field 'students': the list is empty; send at least one record"
+                )
             if len(data["students"]) > limit:
                 raise PydanticCustomError(
-                    "too_many_records", "field 'students': {count} records; at most {limit} per request (split the "
-                    "list)", {"count": len(data["students"]), "limit": limit})
+                    "too_many_records",
+                    "field 'students': {count} records; at most {limit} per request (split the list)",
+                    {"count": len(data["students"]), "limit": limit},
+                )
         try:
             return handler(data)
         except ValidationError as exc:
             errors: list[InitErrorDetails] = [
-                {"type": PydanticCustomError(e["type"], _escape(located_message(e["loc"], e["msg"]))), "loc": e["loc"],
-                 "input": None}
+                {
+                    "type": PydanticCustomError(e["type"], _escape(located_message(e["loc"], e["msg"]))),
+                    "loc": e["loc"],
+                    "input": None,
+                }
                 for e in exc.errors(include_url=False, include_context=False, include_input=False)
             ]
             raise ValidationError.from_exception_data(exc.title, errors, hide_input=True) from None
 
     request = create_model(
         "PredictRequest",
-        __config__=ConfigDict(extra="forbid", hide_input_in_errors=True,
-                              json_schema_extra={"example": {"students": [example]}}),
+        __config__=ConfigDict(
+            extra="forbid", hide_input_in_errors=True, json_schema_extra={"example": {"students": [example]}}
+        ),
         __doc__="Students to predict, in the order the predictions should come back.",
         __validators__={"_located": model_validator(mode="wrap")(located)},
-        students=(list[student], Field(..., min_length=1, description=(  # type: ignore[valid-type]
-            f"One to {limit:,} records (limit: `growth serve --max-records`)."))),
+        students=(
+            list[student],
+            Field(
+                ...,
+                min_length=1,
+                description=(  # type: ignore[valid-type]
+                    f"One to {limit:,} records (limit: `growth serve --max-records`)."
+                ),
+            ),
+        ),
     )
     subject_prediction = create_model(
         "SubjectPrediction",
         __doc__="One subject's prediction for one student.",
-        predicted_growth=(float, Field(..., description="Predicted growth: target-year score minus prior score.")),
+        predicted_growth=(
+            float,
+            Field(..., description="Predicted growth: target-year score minus prior score."),
+        ),
         predicted_score=(float, Field(..., description="Prior score plus predicted growth.")),
         growth_interval=(list[float], Field(..., min_length=2, max_length=2, description=INTERVAL_NOTE)),
-        needs_support_probability=(float | None, Field(None, description=(
-            "Probability that the target-year score falls below the proficient cut of the target grade "
-            "(present when the subject has a needs-support champion)."))),
+        needs_support_probability=(
+            float | None,
+            Field(
+                None,
+                description=(
+                    "Probability that the target-year score falls below the proficient cut of the target grade "
+                    "(present when the subject has a needs-support champion)."
+                ),
+            ),
+        ),
     )
     prediction = create_model(
         "Prediction",
@@ -177,10 +264,13 @@ def build_models(subjects: list[str], grades: list[str], scales: dict[str, tuple
     )
     model_info = create_model(
         "ModelInfo",
-        subject=(str, ...), kind=(Literal["growth", "support"], ...), name=(str, ...),
+        subject=(str, ...),
+        kind=(Literal["growth", "support"], ...),
+        name=(str, ...),
         version=(str, Field(..., description="BentoML store tag that answered.")),
         registry_version=(str | None, Field(None, description="MLflow registry version.")),
-        family=(str | None, None), interval_level=(float | None, None),
+        family=(str | None, None),
+        interval_level=(float | None, None),
     )
     response = create_model(
         "PredictResponse",

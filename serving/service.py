@@ -71,8 +71,16 @@ def validation_messages(exc: ValidationError) -> list[str]:
     "/predict",
     response_model=PredictResponse,
     responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
     summary="Predicted growth, interval and need for support, per subject, for each student",
 )
 async def predict(request: Request) -> Response:
@@ -117,7 +125,12 @@ async def models(request: Request) -> Response:
         grades=predictor.served.grades,
         models=[i.as_dict() for i in predictor.infos],
         inputs=["student_id", *predictor.columns],
-        required=["student_id", "school_id", "grade", f"one of {', '.join(map(prior_score_column, SUBJECTS))}"],
+        required=[
+            "student_id",
+            "school_id",
+            "grade",
+            f"one of {', '.join(map(prior_score_column, SUBJECTS))}",
+        ],
     )
     return Response(orjson.dumps(body.model_dump()), media_type="application/json")
 
@@ -141,8 +154,12 @@ class _StudentGrowth:
             raise no_champion_error()
         self.predictor = Predictor(load_champions())
         api.state.predictor = self.predictor
-        log.info("serving %d model(s) for %s; max %d records per request", len(self.predictor.infos),
-                 ", ".join(self.predictor.served.subjects), max_records())
+        log.info(
+            "serving %d model(s) for %s; max %d records per request",
+            len(self.predictor.infos),
+            ", ".join(self.predictor.served.subjects),
+            max_records(),
+        )
 
     async def __is_ready__(self) -> bool:
         """/readyz: ready once the champions are loaded."""
@@ -154,6 +171,10 @@ for _index, _entry in enumerate(ENTRIES):
     setattr(_StudentGrowth, f"champion_{_index}", BentoModel(_entry.tag))
 
 StudentGrowth = bentoml.asgi_app(api, path="/")(
-    bentoml.service(name="student_growth", workers=workers(), traffic={"timeout": REQUEST_TIMEOUT_S},
-                    labels={"project": "student-growth"})(_StudentGrowth)
+    bentoml.service(
+        name="student_growth",
+        workers=workers(),
+        traffic={"timeout": REQUEST_TIMEOUT_S},
+        labels={"project": "student-growth"},
+    )(_StudentGrowth)
 )

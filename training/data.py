@@ -81,6 +81,17 @@ class DataConfig:
     protected_inputs: bool = True
 
 
+def study_fingerprint(data_fingerprint: str, config: DataConfig) -> str:
+    """The data (files + config) plus how it is cut and which inputs are used: a study tuned under one
+    of these is not reused under another."""
+    import hashlib
+
+    key = (
+        f"{data_fingerprint}|{config.scheme}|{config.holdout_schools}|{config.seed}|{config.protected_inputs}"
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 @dataclass
 class Prepared:
     """Usable pairs of one subject, target, split, fitted transform and the encoded parts."""
@@ -100,6 +111,10 @@ class Prepared:
     @property
     def fingerprint(self) -> str:
         return self.data.fingerprint
+
+    @property
+    def study_key(self) -> str:
+        return study_fingerprint(self.data.fingerprint, self.config)
 
     @property
     def input_columns(self) -> list[str]:
@@ -142,8 +157,10 @@ def require_pairs(data: DistrictData, subject: str) -> pd.DataFrame:
 
 def subject_scales(district: District) -> dict[str, tuple[float, float]]:
     """Lowest and highest obtainable score of each subject over its grades."""
-    return {s.name: (min(lo for lo, _ in s.scale.values()), max(hi for _, hi in s.scale.values()))
-            for s in district.subjects}
+    return {
+        s.name: (min(lo for lo, _ in s.scale.values()), max(hi for _, hi in s.scale.values()))
+        for s in district.subjects
+    }
 
 
 def prepare(data: DistrictData, config: DataConfig) -> Prepared:
@@ -160,8 +177,9 @@ def prepare(data: DistrictData, config: DataConfig) -> Prepared:
         exclude=exclude,
     )
     prepared = Prepared(data, config, frame, y, split, transform)
-    schema = model_input_schema(data.subjects, data.district.grades, subject_scales(data.district),
-                                data.district.config.school_days)
+    schema = model_input_schema(
+        data.subjects, data.district.grades, subject_scales(data.district), data.district.config.school_days
+    )
     for part in ("train", "val", "cal", "test"):  # every row a model sees passes the one model-input schema
         validate_model_input(prepared.inputs(part), schema)
     transform.fit(prepared.inputs("train"))

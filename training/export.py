@@ -25,7 +25,11 @@ def export_champion(model, name: str, kind: str, subject: str, metadata: dict) -
         name,
         labels={"alias": CHAMPION_ALIAS, "subject": subject, "kind": kind},
         # BentoML metadata takes basic types only: absent entries are left out, not stored as None.
-        metadata={k: v for k, v in {**metadata, **described, "subject": subject, "kind": kind}.items() if v is not None},
+        metadata={
+            k: v
+            for k, v in {**metadata, **described, "subject": subject, "kind": kind}.items()
+            if v is not None
+        },
     ) as stored:
         with open(stored.path_of(MODEL_FILE), "wb") as handle:
             cloudpickle.dump(model, handle)

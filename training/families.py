@@ -49,6 +49,12 @@ class FeatureInfo:
     def continuous(self) -> list[int]:
         return [i for i, n in enumerate(self.names) if "=" not in n and not n.endswith("_missing")]
 
+    @property
+    def student_continuous(self) -> list[int]:
+        """Continuous student-level columns: school aggregates take a few hundred distinct school-year
+        values, too few for a spline each, so additive models keep them linear."""
+        return [i for i in self.continuous if not self.names[i].startswith("school_")]
+
 
 @dataclass(frozen=True)
 class Family:
@@ -117,7 +123,13 @@ def linear_space(trial: optuna.Trial) -> dict:
 def build_linear(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     """Ridge on B-splines of the continuous features: a regularised additive (GAM-like) linear model."""
     splines = ColumnTransformer(
-        [("splines", SplineTransformer(n_knots=params["n_knots"], degree=params["degree"]), info.continuous)],
+        [
+            (
+                "splines",
+                SplineTransformer(n_knots=params["n_knots"], degree=params["degree"]),
+                info.student_continuous,
+            )
+        ],
         remainder="passthrough",
     )
     return Pipeline([("splines", splines), ("ridge", Ridge(alpha=params["alpha"]))])
@@ -164,7 +176,13 @@ FAMILIES: dict[str, Family] = {
             prunable=True,
         ),
         Family("hgb", "scikit-learn HistGradientBoostingRegressor", hgb_space, build_hgb, prunable=True),
-        Family("linear", "Ridge regression on spline-expanded features", linear_space, build_linear),
+        Family(
+            "linear",
+            "Ridge regression on spline-expanded student features",
+            linear_space,
+            build_linear,
+            space_version="2",
+        ),
         Family("extratrees", "scikit-learn ExtraTreesRegressor", trees_space, build_trees),
         Family("keras", "TensorFlow/Keras MLP with early stopping", keras_space, build_keras, prunable=True),
     )

@@ -43,8 +43,9 @@ def _prior2_in_step(frame: pd.DataFrame, subject: str, grades: list[str]) -> pd.
     return frame[prior_score_column(subject, 2)].where(now - before == 2)
 
 
-def student_sgps(data: DistrictData, year: int | None = None, progress: bool = False,
-                 config: SGPConfig = SGPConfig()) -> pd.DataFrame:
+def student_sgps(
+    data: DistrictData, year: int | None = None, progress: bool = False, config: SGPConfig = SGPConfig()
+) -> pd.DataFrame:
     """One row per student and subject with an SGP in ``year``: SGP, its order and the student's groups."""
     year = report_year(data, year)
     grades = list(data.district.grades)
@@ -55,11 +56,24 @@ def student_sgps(data: DistrictData, year: int | None = None, progress: bool = F
         if rows.empty:
             continue
         rows["_prior2"] = _prior2_in_step(rows, subject, grades)
-        result = student_growth_percentiles(rows, score_column(subject), [prior_score_column(subject), "_prior2"],
-                                            ["school_year", "grade"], config=config, progress=progress)
-        keep = [c for c in ("student_id", "school_year", "grade", "school_id", "school_name", *GROUPS) if c in rows]
-        frame = rows[keep].assign(subject=subject, sgp=result["sgp"], sgp_order=result["sgp_order"],
-                                  sgp_note=result["sgp_note"])
+        result = student_growth_percentiles(
+            rows,
+            score_column(subject),
+            [prior_score_column(subject), "_prior2"],
+            ["school_year", "grade"],
+            config=config,
+            progress=progress,
+        )
+        keep = [
+            c
+            for c in dict.fromkeys(
+                ("student_id", "school_year", "grade", "school_id", "school_name", *GROUPS)
+            )
+            if c in rows
+        ]
+        frame = rows[keep].assign(
+            subject=subject, sgp=result["sgp"], sgp_order=result["sgp_order"], sgp_note=result["sgp_note"]
+        )
         parts.append(frame)
     if not parts:
         raise ValueError(f"no usable growth pairs in {year}")
@@ -75,7 +89,9 @@ def year_sgps(data: DistrictData, year: int) -> pd.DataFrame | None:
         sgps = student_sgps(data, year)
     except ValueError:
         return None
-    wide = sgps.pivot_table(index="student_id", columns="subject", values=["sgp", "sgp_order"], aggfunc="first")
+    wide = sgps.pivot_table(
+        index="student_id", columns="subject", values=["sgp", "sgp_order"], aggfunc="first"
+    )
     wide.columns = [f"{subject}_{value}" for value, subject in wide.columns]
     return wide.reset_index()
 
@@ -83,8 +99,11 @@ def year_sgps(data: DistrictData, year: int) -> pd.DataFrame | None:
 def group_medians(sgps: pd.DataFrame, min_n: int, level: float = 0.9) -> pd.DataFrame:
     """Median SGP with a 90% interval and the count per subject and school, grade and group; groups of
     fewer than ``min_n`` students are suppressed."""
-    parts = [median_sgp(sgps, ["subject", "school_id", "school_name"], level=level, min_n=min_n)
-             .assign(by="school")]
+    parts = [
+        median_sgp(sgps, ["subject", "school_id", "school_name"], level=level, min_n=min_n).assign(
+            by="school"
+        )
+    ]
     for column in GROUPS:
         if column not in sgps:
             continue
@@ -93,8 +112,11 @@ def group_medians(sgps: pd.DataFrame, min_n: int, level: float = 0.9) -> pd.Data
             values = values.map({1.0: "yes", 0.0: "no"})
         frame = sgps.assign(value=values.astype(object).where(values.notna(), "missing").astype(str))
         parts.append(median_sgp(frame, ["subject", "value"], level=level, min_n=min_n).assign(by=column))
-    parts.append(median_sgp(sgps.assign(value="all students"), ["subject", "value"], level=level, min_n=min_n)
-                 .assign(by="all"))
+    parts.append(
+        median_sgp(sgps.assign(value="all students"), ["subject", "value"], level=level, min_n=min_n).assign(
+            by="all"
+        )
+    )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -103,8 +125,11 @@ def value_added(data: DistrictData, year: int | None = None, min_n: int = 10) ->
     year = report_year(data, year)
     pairs = data.pairs[data.pairs["school_year"] == year]
     config = VAConfig(min_students=min_n)
-    return {s: school_value_added(pairs, s, data.subjects, config) for s in data.subjects
-            if usable(pairs, s).shape[0] > 0}
+    return {
+        s: school_value_added(pairs, s, data.subjects, config)
+        for s in data.subjects
+        if usable(pairs, s).shape[0] > 0
+    }
 
 
 @dataclass(frozen=True)
@@ -126,8 +151,9 @@ def truth_school_effects(folder: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype={"school_id": str})
 
 
-def va_truth(va: dict[str, ValueAdded], truth: pd.DataFrame | None, pairs: pd.DataFrame, year: int
-             ) -> list[TruthCheck]:
+def va_truth(
+    va: dict[str, ValueAdded], truth: pd.DataFrame | None, pairs: pd.DataFrame, year: int
+) -> list[TruthCheck]:
     """Correlation with the true effect and interval coverage: view A against the effect including peers
     (what view A estimates), view B against the school's own effect. The estimates compare a school with
     the average school of the same grade and year, so the truth is centred the same way, student by
@@ -146,13 +172,35 @@ def va_truth(va: dict[str, ValueAdded], truth: pd.DataFrame | None, pairs: pd.Da
             centred = joined[target] - joined.groupby(level)[target].transform("mean")
             true = centred.groupby(joined["school_id"]).mean()
             both = table.join(true.rename("truth"), how="inner")
+            if view == "B":  # view B estimates the effect net of what intake predicts: so is its truth
+                both["truth"] = net_of_intake(
+                    both["truth"], both[[c for c in both if c.startswith("intake_")]], both["n"]
+                )
             inside = (both["truth"] >= both[f"low{suffix}"]) & (both["truth"] <= both[f"high{suffix}"])
-            checks.append(TruthCheck(subject, view, target, len(both),
-                                     float(both[f"estimate{suffix}"].corr(both["truth"])), float(inside.mean())))
+            checks.append(
+                TruthCheck(
+                    subject,
+                    view,
+                    target if view == "A" else "effect net of intake",
+                    len(both),
+                    float(both[f"estimate{suffix}"].corr(both["truth"])),
+                    float(inside.mean()),
+                )
+            )
     return checks
+
+
+def net_of_intake(truth: pd.Series, intake: pd.DataFrame, weights: pd.Series) -> pd.Series:
+    """The residual of a student-weighted regression of the true effects on the schools' intake."""
+    design = np.column_stack([np.ones(len(truth)), intake.to_numpy(dtype=float)])
+    root = np.sqrt(weights.to_numpy(dtype=float))
+    beta = np.linalg.lstsq(design * root[:, None], truth.to_numpy() * root, rcond=None)[0]
+    return truth - design @ beta
 
 
 def status_summary(data: DistrictData, year: int) -> pd.DataFrame:
     """Students of the year by pair status and subject (who is measured, who is not, and why)."""
     pairs = data.pairs[data.pairs["school_year"] == year]
-    return pd.DataFrame({s: pairs[status_column(s)].value_counts() for s in data.subjects}).fillna(0).astype(int)
+    return (
+        pd.DataFrame({s: pairs[status_column(s)].value_counts() for s in data.subjects}).fillna(0).astype(int)
+    )

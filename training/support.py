@@ -133,7 +133,7 @@ def logistic_space(trial: optuna.Trial) -> dict:
 def build_logistic(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     """L2-regularised logistic regression on B-splines of the continuous features (additive, smooth)."""
     splines = ColumnTransformer(
-        [("splines", SplineTransformer(n_knots=params["n_knots"], degree=3), info.continuous)],
+        [("splines", SplineTransformer(n_knots=params["n_knots"], degree=3), info.student_continuous)],
         remainder="passthrough",
     )
     return Pipeline([("splines", splines), ("logistic", LogisticRegression(C=params["C"], max_iter=2000))])
@@ -155,7 +155,7 @@ SUPPORT_FAMILIES: dict[str, Family] = {
             "L2-regularised logistic regression on spline features",
             logistic_space,
             build_logistic,
-            space_version="1",
+            space_version="2",
         ),
     )
 }

@@ -33,6 +33,7 @@ from training.data import (
     load_data,
     prepare,
     require_pairs,
+    study_fingerprint,
     subject_scales,
 )
 from training.families import BASELINES, DEFAULT_FAMILIES, FAMILIES, FeatureInfo, fit_family, refit_family
@@ -319,7 +320,7 @@ def train(config: TrainConfig, data: DistrictData | None = None) -> dict:
     data = data or load_data(config.source)
     subject = config.data.subject
     require_pairs(data, subject)  # the data's own problem first: no growth pairs, no model
-    tuned = tuned_families(config, data.fingerprint)
+    tuned = tuned_families(config, study_fingerprint(data.fingerprint, config.data))
     prepared = prepare(data, config.data)
     use_experiment(subject)
     tags = {

@@ -56,7 +56,7 @@ def train_support(
                 subject,
                 family,
                 "support",
-                prepared.fingerprint,
+                prepared.study_key,
                 config.study.get(f"support:{family}"),
             )
         except StudyError as err:
@@ -129,8 +129,11 @@ def train_support(
         transform=prepared.transform,
         estimator=calibrated,
         input_columns=tuple(prepared.input_columns),
-        meta={"data_fingerprint": prepared.fingerprint, "split": prepared.split.describe(),
-              "target_grades": target_grades(prepared)},
+        meta={
+            "data_fingerprint": prepared.fingerprint,
+            "split": prepared.split.describe(),
+            "target_grades": target_grades(prepared),
+        },
     )
     p_test = model.predict(prepared.inputs("test"))
     metrics = support_scores(y["test"], p_test, "test")

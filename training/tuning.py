@@ -31,7 +31,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from features.settings import get_settings, study_name
-from training.data import DataConfig, Prepared, Source, load_data, prepare, subsample
+from training.data import DataConfig, Prepared, Source, load_data, prepare, study_fingerprint, subsample
 from training.families import FAMILIES, LGBM_MAX_ROUNDS, Family, FeatureInfo, fit_family
 from training.metrics import scores
 from training.tracking import experiment_name, log_figure, log_nested_run, tracking_uri, use_experiment
@@ -172,7 +172,7 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def label_study(study: optuna.Study, config: TuneConfig, fingerprint: str) -> None:
+def label_study(study: optuna.Study, config: TuneConfig, fingerprint: str, data_fingerprint: str) -> None:
     """Record what the study was tuned on, once (so `growth train` can check it)."""
     if "data_fingerprint" in study.user_attrs:
         if study.user_attrs["data_fingerprint"] != fingerprint:
@@ -186,6 +186,8 @@ def label_study(study: optuna.Study, config: TuneConfig, fingerprint: str) -> No
     spec = task_spec(config.task).families[config.family]
     for key, value in {
         "data_fingerprint": fingerprint,
+        "files_and_config": data_fingerprint,
+        "split": f"{config.data.scheme}, seed {config.data.seed}, holdout schools {config.data.holdout_schools}",
         "space_version": spec.space_version,
         "subject": config.data.subject,
         "family": config.family,
@@ -285,7 +287,7 @@ def run_worker(config: TuneConfig, worker: int, parent_run_id: str, prepared: Pr
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepared = prepared or prepare(load_data(config.source), config.data)
     experiment_id = use_experiment(config.data.subject, config.task)
-    study = open_study(config, prepared.fingerprint, seed_offset=worker)
+    study = open_study(config, prepared.study_key, seed_offset=worker)
     remaining = config.trials - finished_trials(study)
     if remaining <= 0:
         return
@@ -414,10 +416,11 @@ def tune(config: TuneConfig, prepared: Prepared | None = None) -> optuna.Study:
         if prepared is not None or config.workers > 1
         else prepare(load_data(config.source), config.data)
     )
-    fingerprint = prepared.fingerprint if prepared is not None else load_data(config.source).fingerprint
+    data_fingerprint = prepared.fingerprint if prepared is not None else load_data(config.source).fingerprint
+    fingerprint = study_fingerprint(data_fingerprint, config.data)
     experiment_id = use_experiment(config.data.subject, config.task)
     study = open_study(config, fingerprint)
-    label_study(study, config, fingerprint)
+    label_study(study, config, fingerprint, data_fingerprint)
     warm_start(study, config, fingerprint)
     parent_run_id = parent_run(config, study.study_name, experiment_id, fingerprint)
     log.info(
