@@ -27,9 +27,9 @@ from features.contract import (
     PARENTAL_EDUCATION,
     RECORD_GENDERS,
     Column,
+    prior_score_column,
 )
 from features.contract import prior_engagement_column as prior_of
-from features.contract import prior_score_column
 from features.settings import get_settings
 
 INTERVAL_NOTE = (
@@ -84,7 +84,8 @@ def record_fields(
                 ge=0,
                 le=3000,
                 description=(
-                    "Target school year (the year it ends); default: the year after the latest in the training data."
+                    "Target school year (the year it ends); default: the year after the latest in the "
+                    "training data."
                 ),
             ),
         )
@@ -125,7 +126,8 @@ def record_fields(
             None,
             exclude=True,
             description=(
-                "Accepted so district rows can be sent as they are, then dropped: never used, logged or returned."
+                "Accepted so district rows can be sent as they are, then dropped: never used, logged "
+                "or returned."
             ),
         ),
     )
@@ -250,7 +252,8 @@ def build_models(
             Field(
                 None,
                 description=(
-                    "Probability that the target-year score falls below the proficient cut of the target grade "
+                    "Probability that the target-year score falls below the proficient cut of the target "
+                    "grade "
                     "(present when the subject has a needs-support champion)."
                 ),
             ),

@@ -31,8 +31,8 @@ from training.support import (
     support_scores,
 )
 from training.tracking import log_figure, use_experiment
-from training.tuning import StudyError, study_best
 from training.train import target_grades
+from training.tuning import StudyError, study_best
 
 log = logging.getLogger(__name__)
 

@@ -187,7 +187,8 @@ def label_study(study: optuna.Study, config: TuneConfig, fingerprint: str, data_
     for key, value in {
         "data_fingerprint": fingerprint,
         "files_and_config": data_fingerprint,
-        "split": f"{config.data.scheme}, seed {config.data.seed}, holdout schools {config.data.holdout_schools}",
+        "split": f"{config.data.scheme}, seed {config.data.seed}, "
+        f"holdout schools {config.data.holdout_schools}",
         "space_version": spec.space_version,
         "subject": config.data.subject,
         "family": config.family,
