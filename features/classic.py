@@ -72,6 +72,7 @@ def load_classic(config: DistrictConfig) -> District:
         files=[(str(config.files.schools), len(tables.schools)), (str(config.files.students), len(classic))],
         rows_read=len(classic),
         subjects=tuple(TARGETS),
+        classic=True,
     )
     add_proficiency(students, subjects, summary)
     summary.student_years = len(students)

@@ -27,6 +27,7 @@ PARENTAL_EDUCATION: tuple[str, ...] = (
     "graduate",
 )
 SCHOOL_DAYS_PER_YEAR = 180
+CLASSIC_PASS_MARK = 70.0  # the classic format's lowest passing score on its 0-100 scale
 CHRONIC_ABSENCE_DAYS = SCHOOL_DAYS_PER_YEAR // 10  # more than 10% of days missed
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from features.contract import (
     ATTRIBUTE_COLUMNS,
     CLASSIC_GRADES,
+    CLASSIC_PASS_MARK,
     ENGAGEMENT_COLUMNS,
     RECORD_KEY_COLUMNS,
     SCHOOL_TYPES,
@@ -380,7 +381,9 @@ def config_from_dict(data: Mapping[str, Any], path: Path | str = "district.toml"
         raise ConfigError(path, _pydantic_problems(err, data)) from None
 
 
-def classic_config(schools: Path | str, students: Path | str, pass_mark: float = 70.0) -> DistrictConfig:
+def classic_config(
+    schools: Path | str, students: Path | str, pass_mark: float = CLASSIC_PASS_MARK
+) -> DistrictConfig:
     """The classic two-table format as a config: math and reading on 0-100, passing at ``pass_mark``."""
     schools, students = Path(schools), Path(students)
     grades = list(CLASSIC_GRADES)

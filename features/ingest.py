@@ -24,6 +24,7 @@ import pyarrow as pa
 from features import records as rec
 from features.contract import (
     ATTRIBUTE_COLUMNS,
+    CLASSIC_PASS_MARK,
     ENGAGEMENT_COLUMNS,
     PARENTAL_EDUCATION,
     RECORD_GENDERS,
@@ -97,6 +98,7 @@ class ValidationSummary:
     years: tuple[int, ...] = ()
     subjects: tuple[str, ...] = ()
     pair_reasons: pd.DataFrame | None = None  # year x subject x status counts, from features.pairs
+    classic: bool = False
 
     def lines(self) -> list[str]:
         out = [f"read {self.rows_read:,} rows from {len(self.files)} file(s)"]
@@ -118,6 +120,11 @@ class ValidationSummary:
                 "the cut scores decide proficiency"
             )
         years = ", ".join(str(y) for y in self.years)
+        if self.classic:
+            priors = "with prior-year columns" if len(self.years) > 1 else "without prior-year columns"
+            out.append(f"{self.students:,} students, {self.schools:,} schools, one target year ({priors}), "
+                       f"subjects {', '.join(self.subjects)}")
+            return out
         out.append(
             f"{self.students:,} students, {self.student_years:,} student-years, {self.schools:,} schools, "
             f"school years {years}, subjects {', '.join(self.subjects)}"
@@ -843,7 +850,7 @@ def load_district(
     *,
     schools: Path | str | None = None,
     students: Path | str | None = None,
-    pass_mark: float = 70.0,
+    pass_mark: float = CLASSIC_PASS_MARK,
     progress: bool = False,
 ) -> District:
     """The one way in: a config file, or the classic two tables (``schools`` + ``students``)."""

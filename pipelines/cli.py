@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from features.contract import CLASSIC_PASS_MARK
 from features.settings import get_settings
 
 app = typer.Typer(
@@ -222,7 +223,7 @@ def report(
         S.out_dir / "report", "--out", help="Folder for the tables, charts and HTML pages."
     ),
     pass_mark: float = typer.Option(
-        70.0, "--pass-mark", help="Classic format: lowest passing score (inclusive)."
+        CLASSIC_PASS_MARK, "--pass-mark", help="Classic format: lowest passing score (inclusive)."
     ),
     growth: bool = typer.Option(
         True,

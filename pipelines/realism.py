@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import CHRONIC_ABSENCE_DAYS, GENDERS, GRADES, PARENTAL_EDUCATION, SCHOOL_TYPES, TARGETS
-from features.school_aggregates import PASS_MARK
+from features.contract import CLASSIC_PASS_MARK as PASS_MARK
 from pipelines.synthetic import SyntheticDistrict
 
 

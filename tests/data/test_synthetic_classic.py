@@ -121,14 +121,11 @@ def test_default_district_school_structure() -> None:
     assert schools["size"].between(300, 5_000).all()
     assert schools.loc[charter, "size"].mean() < schools.loc[~charter, "size"].mean()
     assert per_student.between(570, 680).all()
+    names = np.repeat(schools["school_name"].to_numpy(), schools["size"].to_numpy())
     students = pd.DataFrame(
-        {
-            "school_name": np.repeat(schools["school_name"], schools["size"]),
-            "math_score": 70.0,
-            "reading_score": 70.0,
-        }
+        {"school_id": names, "school_name": names, "score_math": 70.0, "proficient_math": 1.0}
     )
-    agg = school_aggregates(students, schools)
+    agg = school_aggregates(students, schools.assign(school_id=schools["school_name"]), ["math"])
     for col in ("spending_bin", "size_bin"):
         counts = agg[col].value_counts()
         assert counts[OUTSIDE_BINS] == 0
@@ -155,6 +152,7 @@ def test_realism_statistic_in_range(stats: dict[str, float], name: str) -> None:
     assert low <= stats[name] <= high, f"{name} ({meaning}) = {stats[name]:.3f}, expected {low:g} to {high:g}"
 
 
+@pytest.mark.slow  # ~60 s: boosting on 20,000 students
 def test_signal_beyond_prior_scores_is_learnable() -> None:
     rmse = learnability_rmse(generate_district(20_000, seed=5))
     print("\n20k learnability RMSE:", {k: round(v, 3) for k, v in rmse.items()})

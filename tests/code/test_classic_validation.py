@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from features.io import load_district, normalise_header
+from features.io import load_classic_tables as load_district
+from features.io import normalise_header
 from features.validation import ContractError
 from pipelines.cli import app
 
@@ -182,7 +183,7 @@ def test_cli_validate_ok(tmp_path: Path) -> None:
     schools, students = write(tmp_path)
     result = CliRunner().invoke(app, ["validate", "--schools", str(schools), "--students", str(students)])
     assert result.exit_code == 0, result.output
-    assert "ok: 2 schools, 5 students" in result.output
+    assert "5 students, 2 schools, one target year (without prior-year columns)" in result.output
 
 
 def test_generated_district_satisfies_the_contract(small_district: Path) -> None:
