@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from features.contract import growth_column, prior_score_column
+from features.contract import CLASSIC_PASS_MARK, growth_column, prior_score_column
 from features.ingest import District, load_district
 from features.pairs import growth_pairs, status_counts, usable
 from features.schema import model_input_schema, validate_model_input
@@ -33,7 +33,7 @@ class Source:
     config: Path | None = None
     schools: Path | None = None
     students: Path | None = None
-    pass_mark: float = 70.0
+    pass_mark: float = CLASSIC_PASS_MARK
 
     def load(self, progress: bool = False) -> District:
         if self.config is not None:

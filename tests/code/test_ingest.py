@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from features.district_config import ConfigError, load_config
 from features.ingest import load_district
-from features.pairs import growth_pairs, status_column
+from features.pairs import growth_pairs
 from features.validation import ContractError
 from pipelines.cli import app
 

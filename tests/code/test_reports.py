@@ -58,7 +58,7 @@ from features.school_aggregates import OUTSIDE_BINS
 from reports import build, charts, formatting, html, narrative
 from reports import tables as t
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # --- the classic district ----------------------------------------------------------------------
 

@@ -1,0 +1,127 @@
+"""The one transform: identical numbers for a batch and for single records, no target-year data in the
+features, school features from the year before the target year only, and the behaviours serving needs
+(unseen schools, missing optional fields, pickling)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.pairs import growth_pairs
+from features.school_aggregates import school_year_table
+from features.split import split_pairs
+from serving.predictor import columns_of
+from training.data import DataConfig, Source, load_data, prepare
+
+
+@pytest.fixture(scope="module")
+def prepared(long_district: Path):
+    return prepare(load_data(Source(config=long_district / "district.toml")), DataConfig("math"))
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-like records (None for missing), as an HTTP client would send them."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def test_batch_and_single_records_give_identical_features(prepared) -> None:
+    inputs = prepared.inputs("test").head(200)
+    batch = prepared.transform.transform(inputs)
+    singles = np.vstack([prepared.transform.transform(columns_of([r], prepared.input_columns))
+                         for r in records(inputs)])
+    assert batch.shape == (200, len(prepared.transform.feature_names_))
+    assert np.array_equal(batch, singles)
+    assert np.isfinite(batch).all()
+
+
+def test_target_year_scores_never_reach_the_features(prepared) -> None:
+    frame = prepared.part("test").head(500).copy()
+    before = prepared.transform.transform(frame)
+    for column in [c for c in frame.columns if c.startswith("score_") or c.endswith("_growth")]:
+        frame[column] = np.random.default_rng(0).permutation(frame[column].to_numpy())
+    assert np.array_equal(before, prepared.transform.transform(frame))
+    assert not any(n.startswith("score_") or n.endswith("_growth") and not n.startswith("school_")
+                   for n in prepared.transform.feature_names_)
+
+
+def test_school_features_come_from_the_year_before_only(long_district: Path) -> None:
+    """Scrambling every score of the last year changes no school feature of that year's pairs."""
+    data = load_data(Source(config=long_district / "district.toml"))
+    district = data.district
+    last = district.years[-1]
+    table = school_year_table(district.students, district.schools, district.subject_names, data.pairs)
+    scrambled = district.students.copy()
+    rows = scrambled["school_year"] == last
+    rng = np.random.default_rng(1)
+    for subject in district.subject_names:
+        scrambled.loc[rows, f"score_{subject}"] = rng.permutation(scrambled.loc[rows, f"score_{subject}"].to_numpy())
+    district.students = scrambled
+    table2 = school_year_table(scrambled, district.schools, district.subject_names, growth_pairs(district))
+    earlier = table.index.get_level_values("school_year") < last
+    numeric = table.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(table.loc[earlier, numeric], table2.loc[earlier, numeric])
+    assert not table.loc[~earlier, numeric].equals(table2.loc[~earlier, numeric])  # the year itself did change
+
+
+def test_unseen_school_gets_that_years_district_row_and_is_flagged(prepared) -> None:
+    inputs = prepared.inputs("test").head(50)
+    unknown = inputs.assign(school_id="never seen")
+    transform = prepared.transform
+    assert not transform.unseen_school(inputs).any()
+    assert transform.unseen_school(unknown).all()
+    rows, unseen = transform.school_rows(unknown)
+    year = int(inputs["school_year"].iloc[0]) - 1
+    assert unseen.all() and (rows == transform.fallback_row_[year]).all()
+
+
+def test_missing_optional_fields_are_imputed_not_refused(prepared) -> None:
+    inputs = prepared.inputs("test").head(20)
+    required = inputs[["school_id", "grade", "school_year", "prior_math_score"]]
+    features = prepared.transform.transform(required)
+    assert features.shape == (20, len(prepared.transform.feature_names_))
+    assert np.isfinite(features).all()
+    sent = ("prior_math_score_missing", "school_history_missing")
+    missing = [n for n in prepared.transform.feature_names_ if n.endswith("_missing") and n not in sent]
+    columns = [prepared.transform.feature_names_.index(n) for n in missing]
+    raw = prepared.transform._raw(required)
+    assert len(columns) >= 10 and (raw[:, columns] == 1).all()  # every optional field absent is flagged
+    assert (raw[:, prepared.transform.feature_names_.index("prior_math_score_missing")] == 0).all()
+
+
+def test_protected_attributes_can_be_left_out(long_district: Path) -> None:
+    data = load_data(Source(config=long_district / "district.toml"))
+    without = prepare(data, DataConfig("math", protected_inputs=False))
+    names = without.transform.feature_names_
+    for protected in ("gender=", "econ_disadvantaged", "english_learner", "special_education"):
+        assert not any(n.startswith(protected) for n in names), protected
+    assert "gender" not in without.input_columns
+
+
+def test_transform_round_trips_through_pickle(prepared) -> None:
+    inputs = prepared.inputs("val").head(100)
+    copy = pickle.loads(pickle.dumps(prepared.transform))
+    assert np.array_equal(copy.transform(inputs), prepared.transform.transform(inputs))
+
+
+def test_future_split_tests_the_last_year_and_cuts_the_rest_by_school_year(prepared) -> None:
+    split, frame = prepared.split, prepared.frame
+    years = frame["school_year"].to_numpy()
+    assert set(years[split.test]) == {years.max()}
+    assert years[np.concatenate([split.train, split.val, split.cal])].max() < years.max()
+    keys = frame["school_id"].astype(str) + "|" + frame["school_year"].astype(str)
+    parts = [set(keys.iloc[getattr(split, p)]) for p in ("train", "val", "cal")]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    again = split_pairs(frame, seed=42, scheme="future")
+    assert all(np.array_equal(getattr(split, p), getattr(again, p)) for p in ("train", "val", "cal", "test"))
+    assert "leave-future-out" in split.describe()
+
+
+def test_random_split_by_student(prepared) -> None:
+    split = split_pairs(prepared.frame, seed=3, scheme="random")
+    ids = prepared.frame["student_id"].astype(str)
+    assert not set(ids.iloc[split.train]) & set(ids.iloc[split.test])
+    assert len(split.test) / len(prepared.frame) == pytest.approx(0.15, abs=0.03)
