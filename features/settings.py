@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, computed_field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT = "student-growth"
@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface the server listens on.")
     port: int = Field(3000, description="HTTP port of the server.")
 
+    @computed_field(description="The default district's config: data_dir / config_name.")
     @property
     def default_config(self) -> Path:
         return self.data_dir / self.config_name

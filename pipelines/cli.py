@@ -275,6 +275,12 @@ def report(
 TASKS = ("growth", "support")
 
 
+def support_available(data, subject: str) -> bool:
+    """Whether "needs support next year" is defined for the subject (a proficient level and its cuts)."""
+    spec = data.district.subject(subject)
+    return spec.proficient is not None and bool(spec.cuts)
+
+
 def families_for(task: str, wanted: list[str]) -> list[str]:
     """The task's families among those asked for (all defaults when none were asked for)."""
     from training.families import DEFAULT_FAMILIES, FAMILIES
@@ -295,7 +301,11 @@ def tune(
     family: list[str] = typer.Option(
         [], "--family", help="Families (default: lgbm linear keras for growth, lgbm logistic for support)."
     ),
-    task: list[str] = typer.Option(list(TASKS), "--task", help="growth and/or support."),
+    task: list[str] = typer.Option(
+        [],
+        "--task",
+        help="growth and/or support (default: both; support only for subjects with proficiency levels).",
+    ),
     trials: int = typer.Option(
         S.trials, "--trials", help="Finished trials per study (resumed studies count)."
     ),
@@ -329,12 +339,17 @@ def tune(
         for subj in subjects_of(data, subject):
             data_config = DataConfig(subj, seed, split, holdout_schools, protected_inputs)
             prepared = prepare(data, data_config) if workers == 1 else None
-            for tsk in task:
+            for tsk in task or TASKS:
+                if tsk == "support" and not support_available(data, subj):
+                    message = (
+                        f"{subj}: no needs-support model: the config gives no proficient level or cut scores "
+                        f"(keys subjects.{subj}.levels, proficient, cuts)"
+                    )
+                    if task:  # asked for explicitly
+                        raise fail(message)
+                    typer.secho(f"warning: {message}; tuning growth only", fg=typer.colors.YELLOW, err=True)
+                    continue
                 names = families_for(tsk, family)
-                if tsk == "support" and prepared is not None:
-                    from training.support import labels_of
-
-                    labels_of(prepared)  # no cut scores: say so before tuning anything
                 for fam in names:
                     tune_config = TuneConfig(
                         source=source,
@@ -461,6 +476,39 @@ def predict(
 
 
 @app.command()
+def sgp(
+    config: Path = CONFIG_OPT,
+    schools: Path = SCHOOLS_OPT,
+    students: Path = STUDENTS_OPT,
+    year: list[int] = typer.Option([], "--year", help="Target year(s) (default: every year with pairs)."),
+    out: Path = typer.Option(S.out_dir / "sgp.csv", "--out", help="Output file (.csv or .parquet)."),
+) -> None:
+    """Student growth percentiles of every student, subject and target year (docs/sgp.md)."""
+    from serving.batch import write_atomic_frame
+    from training.data import load_data
+    from training.measures import all_sgps, target_years
+
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise fail(f"--out must end in .parquet or .csv; found {out.name}")
+    source = source_of(config, schools, students)
+    with user_errors():
+        data = load_data(source, progress=True)
+        known = target_years(data)
+        unknown = [y for y in year if y not in known]
+        if unknown or not known:
+            raise fail(
+                f"no growth pairs for {', '.join(map(str, unknown or year))}; target years with pairs: "
+                f"{', '.join(map(str, known)) or 'none (SGPs need two consecutive school years)'}"
+            )
+        sgps = all_sgps(data, year or None, progress=True)
+    write_atomic_frame(sgps, out)
+    counts = sgps.groupby(["school_year", "subject"])["sgp"].count()
+    for (y, subject), n in counts.items():
+        typer.echo(f"{y} {subject}: {n:,} SGPs")
+    typer.echo(f"wrote {len(sgps):,} rows to {out}")
+
+
+@app.command()
 def serve(
     port: int = typer.Option(S.port, "--port", help="HTTP port."),
     host: str = typer.Option(S.host, "--host", help="Interface to listen on (0.0.0.0: all interfaces)."),
@@ -472,15 +520,16 @@ def serve(
     """Serve every champion over HTTP: POST /predict, GET /models, /docs, /healthz, /readyz, /metrics."""
     import os
 
-    from serving.predictor import NoChampionError, load_champions
+    from serving.predictor import champion_entries, no_champion_error
 
-    try:
-        served = load_champions()
-    except NoChampionError as err:
-        raise fail(str(err)) from None
-    for model in served.infos:
+    entries = champion_entries()  # metadata only: the server process loads the models itself
+    if not any(e.info.labels["kind"] == "growth" for e in entries):
+        raise fail(str(no_champion_error()))
+    for entry in entries:
+        labels, meta = entry.info.labels, entry.info.metadata
         typer.echo(
-            f"{model.subject} {model.kind}: {model.version} (registry version {model.registry_version})"
+            f"{labels['subject']} {labels['kind']}: {entry.tag} "
+            f"(registry version {meta.get('registry_version')}, {meta.get('family')})"
         )
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records), "GROWTH_SERVE_WORKERS": str(workers)}

@@ -17,6 +17,7 @@ import pandas as pd
 
 from features.contract import prior_score_column
 from features.settings import CHAMPION_ALIAS, PROJECT, bentoml_home
+from training.compiled import isna, same_state
 
 log = logging.getLogger(__name__)
 MAX_WARNED_RECORDS = 20
@@ -166,6 +167,13 @@ class Predictor:
         self.served = served
         self.columns = served.input_columns
         self.infos = served.infos
+        # Subjects whose support model was fitted on the growth model's transform (the same object, or
+        # an equal copy after both were pickled): their features are computed once per request.
+        self.shared_features = {
+            subject: same_state(champion.model.transform, served.growth[subject].model.transform)
+            for subject, champion in served.support.items()
+            if subject in served.growth
+        }
 
     @classmethod
     def from_store(cls) -> Predictor:
@@ -178,13 +186,17 @@ class Predictor:
         for subject, champion in self.served.growth.items():
             model = champion.model
             prior = columns.get(prior_score_column(subject))
-            lacking = (
-                np.ones(n, bool) if prior is None else pd.isna(pd.Series(prior, dtype=object)).to_numpy()
-            )
-            result = model.predict_interval(columns)
+            lacking = np.ones(n, bool) if prior is None else isna(prior)
+            features = model.features(columns)
+            result = model.predict_interval(columns, features=features)
             support = self.served.support.get(subject)
             if support is not None:
-                result["needs_support"] = support.model.estimator.predict_proba(model.features(columns))[:, 1]
+                own = (
+                    features
+                    if self.shared_features.get(subject)
+                    else support.model.transform.transform(columns)
+                )
+                result["needs_support"] = support.model.predict_proba_features(own)[:, 1]
             else:
                 result["needs_support"] = np.full(n, np.nan)
             result["no_prior"] = lacking

@@ -18,6 +18,7 @@ import pandas as pd
 
 from features.settings import get_settings, registered_model_name, support_model_name
 from training import evaluate as ev
+from training.behaviour import behaviour_checks, checks_table
 from training.data import Prepared
 from training.metrics import scores
 from training.registry import Gate, log_model, promote, register
@@ -112,11 +113,16 @@ def finish_growth_champion(
     comparison = comparison_table(baselines, candidates, metrics, choice.name)
     baseline_rmse = baselines[HEADLINE_BASELINE]["test_rmse"]
     required = baseline_rmse * (1 - config.margin / 100.0)
-    gate = Gate(
-        metrics["test_rmse"] <= required,
-        f"test RMSE {metrics['test_rmse']:.4f} vs required <= {required:.4f} "
-        f"({config.margin:g}% below the linear baseline's {baseline_rmse:.4f})",
+    behaviour = behaviour_checks(model, prepared.inputs("test"), "growth", prepared.config.seed)
+    gate = with_behaviour(
+        Gate(
+            metrics["test_rmse"] <= required,
+            f"test RMSE {metrics['test_rmse']:.4f} vs required <= {required:.4f} "
+            f"({config.margin:g}% below the linear baseline's {baseline_rmse:.4f})",
+        ),
+        behaviour,
     )
+    metrics["behaviour_checks_passed"] = float(all(c.passed for c in behaviour))
     card = {
         "subject": subject,
         "family": choice.name,
@@ -141,6 +147,7 @@ def finish_growth_champion(
         "families.csv": comparison.to_csv(index=False),
         "subgroups.csv": subgroups.to_csv(index=False),
         "coverage.csv": coverage.to_csv(index=False),
+        "behaviour.csv": checks_table(behaviour).to_csv(index=False),
         "per_year.csv": per_year.to_csv(index=False),
         "importance.csv": importance.rename("rmse_increase").to_csv(),
         "partial_dependence.csv": pd.concat([c.assign(column=n) for n, c in curves.items()]).to_csv(
@@ -181,6 +188,7 @@ def finish_growth_champion(
         "version": version,
         "gate_passed": gate.passed,
         "gate": gate.reason,
+        "behaviour_passed": all(c.passed for c in behaviour),
         **{
             k: metrics.get(k)
             for k in (
@@ -260,6 +268,14 @@ def growth_markdown(
         ev.markdown_table(subgroups),
     ]
     return "\n".join(lines) + "\n"
+
+
+def with_behaviour(gate: Gate, checks: list) -> Gate:
+    """The metric gate AND every behavioural check (training.behaviour) must pass for promotion."""
+    failed = [c.detail for c in checks if not c.passed]
+    if not failed:
+        return Gate(gate.passed, f"{gate.reason}; behavioural checks passed ({len(checks)})")
+    return Gate(False, f"{gate.reason}; behavioural checks failed: {'; '.join(failed)}")
 
 
 def support_gate(metrics: dict, rule: dict, margin: float) -> Gate:

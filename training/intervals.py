@@ -23,34 +23,42 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from training import compiled
+
 UNSEEN_SCHOOL = "\x00unseen school"
 MISSING_BUCKETS = ((0, 0), (1, 3), (4, 8), (9, 10**6))
 COPIES = 4
 
 
+_BAND_LOW = np.array([lo for lo, _ in MISSING_BUCKETS])
+_BAND_HIGH = np.array([hi for _, hi in MISSING_BUCKETS])
+
+
 def bucket_of(n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
-    """Bucket index: 4 bands of missing optional fields x seen/unseen school."""
-    band = np.zeros(len(n_missing), dtype=np.int64)
-    for i, (lo, hi) in enumerate(MISSING_BUCKETS):
-        band[(n_missing >= lo) & (n_missing <= hi)] = i
+    """Bucket index: 4 bands of missing optional fields x seen/unseen school (the last band that
+    contains the count; band 0 when none does)."""
+    count = np.asarray(n_missing)[:, None]
+    within = (count >= _BAND_LOW) & (count <= _BAND_HIGH)
+    last = len(MISSING_BUCKETS) - 1 - np.argmax(within[:, ::-1], axis=1)
+    band = np.where(within.any(axis=1), last, 0)
     return band * 2 + np.asarray(unseen, dtype=np.int64)
 
 
 def count_missing(X: pd.DataFrame | dict, optional: Sequence[str]) -> np.ndarray:
     """How many optional input fields each record lacks (absent columns count as missing)."""
-    n = len(X) if isinstance(X, pd.DataFrame) else len(next(iter(X.values())))
-    total = np.zeros(n, dtype=np.int64)
-    for name in optional:
-        values = (
-            X[name]
-            if (isinstance(X, pd.DataFrame) and name in X.columns)
-            or (not isinstance(X, pd.DataFrame) and name in X)
-            else None
-        )
-        if values is None:
-            total += 1
-        else:
-            total += pd.isna(pd.Series(np.asarray(values, dtype=object))).to_numpy()
+    frame = isinstance(X, pd.DataFrame)
+    n = len(X) if frame else len(next(iter(X.values())))
+    columns = [X[name] if (name in X.columns if frame else name in X) else None for name in optional]
+    present = [values for values in columns if values is not None]
+    absent = len(columns) - len(present)
+    small = not frame and n <= compiled.SMALL_BATCH
+    if small and all(getattr(v, "ndim", None) == 1 and len(v) == n for v in present):
+        # a few records (an HTTP request): one pass over the values, pandas' test element by element
+        flags = np.array([[compiled.is_missing(v) for v in values] for values in present], dtype=bool)
+        return flags.reshape(len(present), n).sum(axis=0, dtype=np.int64) + absent
+    total = np.full(n, absent, dtype=np.int64)
+    for values in present:
+        total += compiled.isna(values)  # pd.isna of the values as objects, without a Series
     return total
 
 
@@ -93,10 +101,14 @@ class IntervalModel:
 
     def sigma(self, features: np.ndarray, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
         design = scale_design(features, n_missing, unseen)
-        return np.maximum(np.asarray(self.scale.predict(design), dtype=float), 1e-6)
+        scale = compiled.cached(self, "scale", self.scale, lambda: compiled.regressor(self.scale))
+        return np.maximum(scale(design), 1e-6)
 
     def halfwidth(self, features: np.ndarray, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
         return self.quantiles[bucket_of(n_missing, unseen)] * self.sigma(features, n_missing, unseen)
+
+    def __getstate__(self) -> dict:
+        return compiled.without_cache(self.__dict__)
 
 
 def scale_design(features: np.ndarray, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:

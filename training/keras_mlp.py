@@ -116,6 +116,7 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         )
         self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
         self.n_features_in_ = X.shape[1]
+        self.dense_ = dense_weights(self.model_)
         return self
 
     def _fit_fixed(self, X: np.ndarray, y: np.ndarray) -> KerasMLPRegressor:
@@ -131,14 +132,39 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         )
         self.best_epoch_ = self.max_epochs
         self.n_features_in_ = X.shape[1]
+        self.dense_ = dense_weights(self.model_)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype="float32")
-        # Calling the model directly avoids Keras' predict-loop overhead for the small batches of serving.
-        raw = (
-            self.model_(X, training=False).numpy()
-            if len(X) <= 4096
-            else self.model_.predict(X, batch_size=8192, verbose=0)
-        )
+        """The trained network's forward pass in numpy (dense layers and ReLU; dropout is off at
+        inference): the same float32 arithmetic as Keras, without TensorFlow's per-call overhead, so a
+        single record costs microseconds and a served model never imports TensorFlow."""
+        h = np.asarray(X, dtype=np.float32)
+        *hidden, (w_out, b_out) = self.dense_
+        for w, b in hidden:
+            h = np.maximum(h @ w + b, 0.0)
+        raw = h @ w_out + b_out
         return raw.ravel().astype(float) * self.y_std_ + self.y_mean_
+
+    def __getstate__(self) -> dict:
+        """Pickle the weights, not the Keras model: loading a saved model needs numpy only."""
+        state = dict(self.__dict__)
+        state.pop("model_", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Models pickled with their Keras object (release 0.1.0) get their weights extracted once."""
+        self.__dict__.update(state)
+        if "dense_" not in state and "model_" in state:
+            self.dense_ = dense_weights(state["model_"])
+
+
+def dense_weights(model) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(kernel, bias) of every Dense layer in order, as float32 arrays."""
+    import keras
+
+    return [
+        (np.asarray(layer.kernel.numpy(), dtype=np.float32), np.asarray(layer.bias.numpy(), dtype=np.float32))
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense)
+    ]

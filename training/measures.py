@@ -16,7 +16,7 @@ import pandas as pd
 from features.contract import prior_score_column, score_column
 from features.pairs import status_column, usable
 from training.data import DistrictData
-from training.sgp import SGPConfig, median_sgp, student_growth_percentiles
+from training.sgp import SGPConfig, district_knots, median_sgp, student_growth_percentiles
 from training.value_added import VAConfig, ValueAdded, school_value_added
 
 GROUPS = ("econ_disadvantaged", "english_learner", "special_education", "gender", "grade")
@@ -24,7 +24,7 @@ GROUPS = ("econ_disadvantaged", "english_learner", "special_education", "gender"
 
 def report_year(data: DistrictData, year: int | None) -> int:
     """The target year to measure (default: the latest year that has growth pairs)."""
-    years = sorted(int(y) for y in pd.unique(data.pairs["school_year"])) if len(data.pairs) else []
+    years = target_years(data)
     if not years:
         raise ValueError("no growth pairs: growth measures need two consecutive school years")
     if year is None:
@@ -56,6 +56,7 @@ def student_sgps(
         if rows.empty:
             continue
         rows["_prior2"] = _prior2_in_step(rows, subject, grades)
+        students = data.district.students
         result = student_growth_percentiles(
             rows,
             score_column(subject),
@@ -63,6 +64,8 @@ def student_sgps(
             ["school_year", "grade"],
             config=config,
             progress=progress,
+            knot_keys=["prior_grade", "prior2_grade"],
+            knot_table=district_knots(students[score_column(subject)], students["grade"], config),
         )
         keep = [
             c
@@ -72,7 +75,12 @@ def student_sgps(
             if c in rows
         ]
         frame = rows[keep].assign(
-            subject=subject, sgp=result["sgp"], sgp_order=result["sgp_order"], sgp_note=result["sgp_note"]
+            subject=subject,
+            sgp=result["sgp"],
+            sgp_order=result["sgp_order"],
+            sgp_order_1=result["sgp_order_1"],
+            sgp_order_2=result["sgp_order_2"],
+            sgp_note=result["sgp_note"],
         )
         parts.append(frame)
     if not parts:
@@ -81,6 +89,19 @@ def student_sgps(
     for column in ("student_id", "school_id", "school_name", "grade"):
         out[column] = out[column].astype(str)
     return out
+
+
+def target_years(data: DistrictData) -> list[int]:
+    """School years that have growth pairs (a score the year before)."""
+    return sorted(int(y) for y in pd.unique(data.pairs["school_year"])) if len(data.pairs) else []
+
+
+def all_sgps(data: DistrictData, years: list[int] | None = None, progress: bool = False) -> pd.DataFrame:
+    """Every student's SGP in every target year (or the given ones), one row per student x subject x year."""
+    years = years or target_years(data)
+    if not years:
+        raise ValueError("no growth pairs: SGPs need two consecutive school years")
+    return pd.concat([student_sgps(data, year, progress) for year in years], ignore_index=True)
 
 
 def year_sgps(data: DistrictData, year: int) -> pd.DataFrame | None:

@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from features.transform import GrowthTransform
+from training import compiled
 from training.intervals import IntervalModel, count_missing
 
 
@@ -38,13 +39,6 @@ class AveragedRegressor(BaseEstimator, RegressorMixin):
         return total
 
 
-def _predict(estimator: Any, features: np.ndarray) -> np.ndarray:
-    """LightGBM boosters predict single rows faster with one thread; everything else as usual."""
-    if len(features) <= 64 and hasattr(estimator, "booster_"):
-        return np.asarray(estimator.predict(features, num_threads=1), dtype=float)
-    return np.asarray(estimator.predict(features), dtype=float)
-
-
 @dataclass
 class GrowthModel(BaseEstimator, RegressorMixin):
     """Predicted growth (target-year score minus prior-year score) of one subject, with intervals."""
@@ -61,13 +55,24 @@ class GrowthModel(BaseEstimator, RegressorMixin):
     def features(self, X: pd.DataFrame | dict) -> np.ndarray:
         return self.transform.transform(X)
 
-    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
-        return _predict(self.estimator, self.features(X))
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """The estimator's predictions for a feature matrix, by its compiled evaluator (training.compiled:
+        the same numbers for one row as for a batch)."""
+        evaluator = compiled.cached(
+            self, "estimator", self.estimator, lambda: compiled.regressor(self.estimator)
+        )
+        return evaluator(features)
 
-    def predict_interval(self, X: pd.DataFrame | dict) -> dict[str, np.ndarray]:
-        """Prediction, interval bounds, whether the school was unseen, and the fields missing."""
-        features = self.features(X)
-        predicted = _predict(self.estimator, features)
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return self.predict_features(self.features(X))
+
+    def predict_interval(
+        self, X: pd.DataFrame | dict, features: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Prediction, interval bounds, whether the school was unseen, and the fields missing.
+        ``features``: ``self.features(X)`` when the caller has it already."""
+        features = self.features(X) if features is None else features
+        predicted = self.predict_features(features)
         unseen = self.transform.unseen_school(X)
         missing = count_missing(X, self.interval.optional) if self.interval else np.zeros(len(predicted), int)
         half = (
@@ -83,6 +88,9 @@ class GrowthModel(BaseEstimator, RegressorMixin):
             "n_missing": missing,
         }
 
+    def __getstate__(self) -> dict:
+        return compiled.without_cache(super().__getstate__())
+
 
 @dataclass
 class SupportModel(BaseEstimator, ClassifierMixin):
@@ -96,8 +104,21 @@ class SupportModel(BaseEstimator, ClassifierMixin):
     meta: dict = field(default_factory=dict)
 
     def predict_proba(self, X: pd.DataFrame | dict) -> np.ndarray:
-        return self.estimator.predict_proba(self.transform.transform(X))
+        return self.predict_proba_features(self.transform.transform(X))
+
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities for a feature matrix (a CalibratedClassifier compiles itself; any other
+        classifier gets its compiled evaluator here)."""
+        if hasattr(self.estimator, "calibrator"):
+            return self.estimator.predict_proba(features)
+        evaluator = compiled.cached(
+            self, "estimator", self.estimator, lambda: compiled.classifier(self.estimator)
+        )
+        return evaluator(features)
 
     def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
         """The probability of needing support (what the registry's signature and batch scoring show)."""
         return self.predict_proba(X)[:, 1]
+
+    def __getstate__(self) -> dict:
+        return compiled.without_cache(super().__getstate__())

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -88,6 +91,21 @@ def knots_and_boundaries(
     ext = config.boundary_extension * (hi - lo)
     boundaries = np.round(np.array([lo - ext, hi + ext]), config.knot_digits)
     return knots, boundaries
+
+
+def district_knots(
+    scores: pd.Series, grades: pd.Series, config: SGPConfig = SGPConfig()
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Knots and boundaries per grade from every score of that grade, all years pooled: what the package's
+    ``createKnotsBoundaries`` computes (per content area x grade) and what states fix in ``SGPstateData``.
+    Shared by every cohort whose prior is in that grade, so one year's SGPs do not move the next year's
+    knots."""
+    values = pd.to_numeric(scores, errors="coerce").to_numpy(dtype=float)
+    keys = grades.astype(str).to_numpy()
+    table = {}
+    for grade in pd.unique(keys[~np.isnan(values)]):
+        table[str(grade)] = knots_and_boundaries(values[keys == grade], config)
+    return table
 
 
 def bspline_basis(x: np.ndarray, knots: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
@@ -248,9 +266,25 @@ def _run(h: highspy.Highs) -> highspy.HighsModelStatus:
     return h.getModelStatus()
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """HiGHS prints its copyright banner from C++ when a process creates its first solver: send the C-level
+    stdout to /dev/null meanwhile, so the CLI's output stays the project's own."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _new_highs() -> highspy.Highs:
     """Dual simplex without presolve, so a basis carries over between neighbouring quantiles."""
-    h = highspy.Highs()
+    with _quiet_stdout():
+        h = highspy.Highs()
     for name, value in (
         ("output_flag", False),
         ("presolve", "off"),
@@ -479,6 +513,9 @@ def _run_task(task: _Task) -> tuple[int, np.ndarray, np.ndarray]:
     return task.order, task.rows, fit.growth_percentiles(task.current, task.priors)
 
 
+KnotTable = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
 def _cohort_tasks(
     frame: pd.DataFrame,
     score: str,
@@ -486,22 +523,45 @@ def _cohort_tasks(
     cohort: list[str],
     config: SGPConfig,
     notes: np.ndarray,
+    knot_keys: Sequence[str] | None = None,
+    knot_table: KnotTable | None = None,
 ) -> list[_Task]:
     """Split the frame into (cohort, order) fits; record why students of unfittable cohorts get no SGP."""
     y = frame[score].astype("float64").to_numpy()  # nullable Int64 scores: <NA> becomes NaN
     P = frame[priors].astype("float64").to_numpy()
+    K = (
+        frame[list(knot_keys)].astype(object).to_numpy()
+        if knot_keys is not None and knot_table is not None
+        else None
+    )
     keys = frame[cohort]
     missing_key = keys.isna().any(axis=1).to_numpy()
     tasks: list[_Task] = []
     groups = keys[~missing_key].groupby(cohort, sort=True, dropna=True).indices
     positions = np.flatnonzero(~missing_key)
     for idx in groups.values():
-        tasks += _tasks_for_cohort(positions[idx], y, P, config, notes)
+        tasks += _tasks_for_cohort(positions[idx], y, P, config, notes, K, knot_table)
     return tasks
 
 
+def _table_knots(
+    keys: np.ndarray, prior: np.ndarray, table: KnotTable
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The table's knots for the most common key among the students who have this prior (None: not found)."""
+    present = pd.Series(keys[~np.isnan(prior)], dtype=object).dropna().astype(str)
+    if present.empty:
+        return None
+    return table.get(present.value_counts().index[0])
+
+
 def _tasks_for_cohort(
-    idx: np.ndarray, y: np.ndarray, P: np.ndarray, config: SGPConfig, notes: np.ndarray
+    idx: np.ndarray,
+    y: np.ndarray,
+    P: np.ndarray,
+    config: SGPConfig,
+    notes: np.ndarray,
+    K: np.ndarray | None = None,
+    knot_table: KnotTable | None = None,
 ) -> list[_Task]:
     """Orders 1..max that have enough students; the package stops at the first order that is too small."""
     tasks: list[_Task] = []
@@ -512,7 +572,8 @@ def _tasks_for_cohort(
         prior = P[idx, order - 1]
         if np.isnan(prior).all():
             break
-        k, b = knots_and_boundaries(prior, config)
+        given = _table_knots(K[idx, order - 1], prior, knot_table) if K is not None else None
+        k, b = given if given is not None else knots_and_boundaries(prior, config)
         knots.append(k)
         bounds.append(b)
         complete = ~np.isnan(y[idx]) & ~np.isnan(P[idx, :order]).any(axis=1)
@@ -565,13 +626,18 @@ def student_growth_percentiles(
     config: SGPConfig = SGPConfig(),
     workers: int = 2,
     progress: bool = False,
+    knot_keys: Sequence[str] | None = None,
+    knot_table: KnotTable | None = None,
 ) -> pd.DataFrame:
     """SGPs for every student of ``frame`` (one row per student), cohort by cohort, highest order reported.
 
     ``priors`` are column names, most recent first, NaN where a student lacks that prior; ``cohort`` the
     columns defining a norm group (e.g. school year and grade). Knots/boundaries of each prior are computed
-    within the cohort. Returns, aligned to ``frame.index``: ``sgp``, ``sgp_order``, ``sgp_order_1``,
-    ``sgp_order_2`` (nullable Int64) and ``sgp_note`` saying why ``sgp`` is missing.
+    within the cohort, unless ``knot_keys`` (one column per prior, e.g. the prior's grade) and
+    ``knot_table`` (key -> knots, boundaries; ``district_knots``) are given: then each prior takes the
+    table's entry, as the package does with knots fixed per content area and grade. Returns, aligned to
+    ``frame.index``: ``sgp``, ``sgp_order``, ``sgp_order_1``, ``sgp_order_2`` (nullable Int64) and
+    ``sgp_note`` saying why ``sgp`` is missing.
     """
     missing = [c for c in [score, *priors, *cohort] if c not in frame.columns]
     if missing or not priors:
@@ -580,7 +646,9 @@ def student_growth_percentiles(
     max_order = min(config.max_order, len(priors))
     notes = np.full(n, None, dtype=object)
     by_order = np.full((max_order, n), -1, dtype=np.int64)
-    tasks = _cohort_tasks(frame, score, priors, cohort, config, notes)
+    if knot_keys is not None and len(knot_keys) != len(priors):
+        raise ValueError("knot_keys needs one column per prior")
+    tasks = _cohort_tasks(frame, score, priors, cohort, config, notes, knot_keys, knot_table)
     for order, rows, sgps in _run_tasks(tasks, workers, progress):
         by_order[order - 1, rows] = sgps
     return _assemble(frame, score, priors, cohort, by_order, notes)

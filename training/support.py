@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer
 
 from features.contract import prior_score_column, score_column
+from training import compiled
 from training.families import (
     EARLY_STOPPING_ROUNDS,
     LGBM_MAX_ROUNDS,
@@ -147,7 +148,7 @@ SUPPORT_FAMILIES: dict[str, Family] = {
             "LightGBM classifier (Hyperband-pruned on boosting rounds)",
             lgbm_space,
             build_lgbm_classifier,
-            space_version="2",
+            space_version="3",
             prunable=True,
         ),
         Family(
@@ -197,9 +198,20 @@ class CalibratedClassifier:
     calibrator: IsotonicRegression
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        raw = self.base.predict_proba(X)[:, 1]
-        p = np.clip(self.calibrator.predict(raw), EPS, 1 - EPS)
+        """By the compiled evaluators of the classifier and of the isotonic map (training.compiled):
+        the same numbers as ``base.predict_proba`` then ``calibrator.predict``, one row or many."""
+        base, calibrator = compiled.cached(
+            self,
+            "proba",
+            self.base,
+            lambda: (compiled.classifier(self.base), compiled.isotonic(self.calibrator)),
+        )
+        raw = base(X)[:, 1]
+        p = np.clip(calibrator(raw), EPS, 1 - EPS)
         return np.column_stack([1 - p, p])
+
+    def __getstate__(self) -> dict:
+        return compiled.without_cache(self.__dict__)
 
 
 def calibrate(model: object, X_cal: np.ndarray, y_cal: np.ndarray) -> CalibratedClassifier:

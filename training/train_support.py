@@ -15,7 +15,8 @@ import pandas as pd
 
 from features.settings import get_settings, support_model_name
 from training import evaluate as ev
-from training.champion import support_gate, write_folder
+from training.behaviour import behaviour_checks, checks_table
+from training.champion import support_gate, with_behaviour, write_folder
 from training.data import Prepared
 from training.families import FeatureInfo
 from training.model import SupportModel
@@ -138,7 +139,9 @@ def train_support(
     p_test = model.predict(prepared.inputs("test"))
     metrics = support_scores(y["test"], p_test, "test")
     metrics.update({k: v for k, v in candidates[choice][1].items() if k.startswith("val_")})
-    gate = support_gate(metrics, baselines["baseline_rule"], margin)
+    behaviour = behaviour_checks(model, prepared.inputs("test"), "support", prepared.config.seed)
+    gate = with_behaviour(support_gate(metrics, baselines["baseline_rule"], margin), behaviour)
+    metrics["behaviour_checks_passed"] = float(all(c.passed for c in behaviour))
     table = support_table(baselines, candidates, metrics, choice)
     folder = Path(config.out_dir) / subject
     write_folder(
@@ -147,6 +150,7 @@ def train_support(
             "support.csv": table.to_csv(index=False),
             "support.md": f"# Needs support next year: {subject}\n\n{prepared.split.describe()}.\n\n"
             f"{ev.markdown_table(table)}\n\nGate: {gate.reason} -> {'passed' if gate.passed else 'failed'}\n",
+            "support_behaviour.csv": checks_table(behaviour).to_csv(index=False),
             "support_card.json": json.dumps(
                 {
                     "subject": subject,

@@ -60,3 +60,16 @@ def test_settings_prints_one_value_for_scripts(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 0 and result.output.strip() == "postgresql://postgres@127.0.0.1:5432/growth"
     result = CliRunner().invoke(app, ["settings", "--get", "colour"])
     assert result.exit_code == 1 and "unknown setting 'colour'" in result.output
+
+
+def test_sgp_command_writes_every_target_year(long_district: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sgp.csv"
+    config = str(long_district / "district.toml")
+    result = CliRunner().invoke(app, ["sgp", "--config", config, "--year", "2024", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    sgps = pd.read_csv(out, dtype={"student_id": str})
+    assert set(sgps["school_year"]) == {2024} and set(sgps["subject"]) == {"math", "reading"}
+    assert sgps["student_id"].str.len().eq(10).all()  # leading zeros kept
+    assert sgps["sgp"].dropna().between(1, 99).all() and sgps["sgp"].notna().mean() > 0.9
+    bad = CliRunner().invoke(app, ["sgp", "--config", config, "--year", "2019", "--out", str(out)])
+    assert bad.exit_code == 1 and "no growth pairs for 2019" in bad.output and "Traceback" not in bad.output

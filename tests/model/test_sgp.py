@@ -447,3 +447,33 @@ def test_median_sgp_suppresses_small_groups() -> None:
         pd.isna(out.loc["B", "n"])
         and np.isnan(out.loc["B", ["median_sgp", "lower", "upper"]].astype(float)).all()
     )
+
+
+def test_knots_from_a_table_are_the_ones_used(district: pd.DataFrame) -> None:
+    """With district-wide knots per prior grade (the package's createKnotsBoundaries, all years pooled),
+    every cohort fit uses the table's knots: the SGPs equal a direct fit with those knots, and differ
+    from the within-cohort knots' SGPs for some students."""
+    from training.sgp import district_knots
+
+    cohort = district[district["grade"] == 4].copy()
+    cohort["prior_grade"], cohort["prior2_grade"] = "3", "2"
+    wide = pd.concat([cohort["prior_score"], cohort["prior_score"] + 25.0])  # other years moved the knots
+    table = district_knots(wide, pd.Series(["3"] * len(wide)))
+    table.update(district_knots(cohort["prior2_score"], pd.Series(["2"] * len(cohort))))
+    out = student_growth_percentiles(
+        cohort, "score", PRIORS, ["school_year", "grade"], workers=1,
+        knot_keys=["prior_grade", "prior2_grade"], knot_table=table,
+    )
+    rows = cohort["prior_score"].notna() & cohort["score"].notna()
+    direct = fit_cohort(
+        cohort.loc[rows, "score"].to_numpy(float), cohort.loc[rows, ["prior_score"]].to_numpy(float),
+        knots=[table["3"][0]], boundaries=[table["3"][1]],
+    )
+    expected = direct.growth_percentiles(
+        cohort.loc[rows, "score"].to_numpy(float), cohort.loc[rows, ["prior_score"]].to_numpy(float)
+    )
+    assert np.array_equal(out.loc[rows, "sgp_order_1"].to_numpy(dtype=int), expected)
+    plain = student_growth_percentiles(cohort, "score", PRIORS, ["school_year", "grade"], workers=1)
+    assert (plain.loc[rows, "sgp_order_1"] != out.loc[rows, "sgp_order_1"]).any()
+    with pytest.raises(ValueError, match="one column per prior"):
+        student_growth_percentiles(cohort, "score", PRIORS, ["grade"], knot_keys=["prior_grade"], knot_table=table)

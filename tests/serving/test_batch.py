@@ -1,0 +1,92 @@
+"""Batch scoring (``growth predict``): every student of a year, written atomically, the unscorable listed
+with their reason, and the same numbers as the HTTP path for the same records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+
+@pytest.fixture(scope="module")
+def forecast(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("predict") / "predictions.parquet"
+    result = CliRunner().invoke(app, ["predict", "--config", str(trained.district / "district.toml"),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_forecast_scores_every_student_or_says_why_not(trained, forecast: Path) -> None:
+    from training.data import Source, load_data
+
+    data = load_data(Source(config=trained.district / "district.toml"))
+    latest = data.district.year()
+    scored = pd.read_parquet(forecast)
+    side = pd.read_csv(forecast.with_name("predictions_unscored.csv"), dtype=str)
+    assert len(scored) + len(side) == latest["student_id"].nunique()
+    assert not set(scored["student_id"]) & set(side["student_id"])
+    top_grade = data.district.grades[-1]
+    assert (side.loc[side["current_grade"] == top_grade, "reason"] == "no next grade (the last grade of the config)").all()
+    assert (side["current_grade"] == top_grade).any()
+    assert scored["school_year"].eq(data.district.years[-1] + 1).all()
+    for subject in ("math", "reading"):
+        has = scored[f"{subject}_predicted_growth"].notna()
+        assert has.mean() > 0.95
+        inside = scored.loc[has, f"{subject}_growth_low"] < scored.loc[has, f"{subject}_predicted_growth"]
+        assert inside.all()
+        assert scored.loc[has, f"{subject}_needs_support_probability"].between(0, 1).all()
+    assert not list(forecast.parent.glob(".*"))  # no temporary file left behind
+
+
+def test_historical_year_adds_actual_growth_and_sgp_and_lists_the_unscorable(trained, tmp_path: Path) -> None:
+    out = tmp_path / "year.csv"
+    year = "2025"
+    result = CliRunner().invoke(app, ["predict", "--config", str(trained.district / "district.toml"),
+                                      "--year", year, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out, dtype={"student_id": str})
+    side = pd.read_csv(tmp_path / "year_unscored.csv", dtype=str)
+    assert "no prior-year score in any served subject (math, reading)" in set(side["reason"])
+    assert {"math_sgp", "reading_sgp", "math_actual_growth", "math_pair_status"} <= set(scored.columns)
+    ok = scored["math_pair_status"].eq("ok")
+    assert scored.loc[ok, "math_sgp"].between(1, 99).all()
+
+
+def test_batch_file_equals_the_http_logic_for_the_same_records(trained, forecast: Path) -> None:
+    """The rows written by `growth predict` and Predictor.predict (what POST /predict runs) agree exactly."""
+    from serving.batch import forecast_frame
+    from serving.predictor import Predictor
+    from training.data import Source, load_data
+
+    data = load_data(Source(config=trained.district / "district.toml"))
+    frame = forecast_frame(data, data.district.years[-1] + 1)
+    scored = pd.read_parquet(forecast).set_index("student_id")
+    predictor = Predictor.from_store()
+    sample = frame[frame["student_id"].isin(scored.index)].sample(25, random_state=1)
+    columns = ["student_id", *[c for c in predictor.columns if c in sample]]
+    records = sample[columns].astype(object).where(sample[columns].notna(), None).to_dict("records")
+    answer = predictor.predict(records)
+    for record, prediction in zip(records, answer["predictions"], strict=True):
+        row = scored.loc[record["student_id"]]
+        for subject in ("math", "reading"):
+            if prediction[subject] is None:
+                assert np.isnan(row[f"{subject}_predicted_growth"])
+                continue
+            assert prediction[subject]["predicted_growth"] == row[f"{subject}_predicted_growth"]
+            assert prediction[subject]["growth_interval"] == [row[f"{subject}_growth_low"], row[f"{subject}_growth_high"]]
+            assert prediction[subject]["needs_support_probability"] == row[f"{subject}_needs_support_probability"]
+
+
+def test_predict_refuses_a_bad_output_name_and_a_year_outside_the_data(trained, tmp_path: Path) -> None:
+    config = str(trained.district / "district.toml")
+    result = CliRunner().invoke(app, ["predict", "--config", config, "--out", str(tmp_path / "p.xlsx")])
+    assert result.exit_code == 1 and "--out must end in .parquet or .csv" in result.output
+    result = CliRunner().invoke(app, ["predict", "--config", config, "--year", "1990", "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 1 and "--year 1990" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "p.csv").exists()
