@@ -241,9 +241,12 @@ def record_mapping(config: DistrictConfig) -> dict[str, str]:
 
 
 def read_records(
-    config: DistrictConfig, progress: bool = False
+    config: DistrictConfig, progress: bool = False, last_years: int | None = None
 ) -> tuple[pd.DataFrame, rec.Located, list[Path]]:
-    """Read every records file (only the mapped columns) into one frame, long layout, text cells."""
+    """Read every records file (only the mapped columns) into one frame, long layout, text cells.
+
+    ``last_years``: keep only the rows of the latest that many school years of the data; files without
+    such rows are not read beyond their school-year column (see ``load``)."""
     paths = record_files(config)
     mapping = record_mapping(config)
     problems = []
@@ -267,6 +270,9 @@ def read_records(
         ]
     if problems:
         raise ConfigError(config.path, problems)
+    row_years: dict[Path, np.ndarray] = {}
+    if last_years is not None:
+        paths, row_years = latest_years_files(config, paths, mapping, last_years)
     tables, file_index, rows = [], [], []
     with _steps(progress, len(paths)) as advance:
         for index, path in enumerate(paths):
@@ -274,15 +280,47 @@ def read_records(
             if config.columns.school_year is None:
                 year = pa.array([str(rec.year_from_filename(path))] * table.num_rows).dictionary_encode()
                 table = table.append_column("school_year", year)
+            positions = np.arange(1, table.num_rows + 1, dtype=np.int32)
+            if path in row_years:
+                wanted = row_years[path]
+                table, positions = table.filter(pa.array(wanted)), positions[wanted]
             tables.append(table)
             file_index.append(np.full(table.num_rows, index, dtype=np.int16))
-            rows.append(np.arange(1, table.num_rows + 1, dtype=np.int32))
+            rows.append(positions)
             advance(f"read {path.name}")
     located = rec.Located(tuple(str(p) for p in paths), np.concatenate(file_index), np.concatenate(rows))
     combined = rec.tables_to_frame(tables)
     if config.format == "wide":
         combined, located = melt_wide(combined, located, config)
     return combined, located, paths
+
+
+def latest_years_files(
+    config: DistrictConfig, paths: list[Path], mapping: dict[str, str], last_years: int
+) -> tuple[list[Path], dict[Path, np.ndarray]]:
+    """The files holding rows of the latest ``last_years`` school years, and for each file that also
+    holds other rows, which of its rows to keep. Only the school-year column is read here (from the file
+    name when the config has none): cheap in Parquet, one parse of the column in CSV."""
+    if config.columns.school_year is None:
+        years = {path: np.array([float(rec.year_from_filename(path) or np.nan)]) for path in paths}
+    else:
+        column = {"school_year": mapping["school_year"]}
+        years = {
+            path: rec.school_year_values(rec.read_text_columns(path, column)["school_year"])[0]
+            for path in paths
+        }
+    present = np.unique(np.concatenate([y[~np.isnan(y)] for y in years.values()] or [np.array([])]))
+    keep = present[-last_years:] if last_years > 0 else present[:0]
+    kept: list[Path] = []
+    masks: dict[Path, np.ndarray] = {}
+    for path in paths:
+        mask = np.isin(years[path], keep)
+        if not mask.any():
+            continue
+        kept.append(path)
+        if config.columns.school_year is not None and not mask.all():
+            masks[path] = mask
+    return kept, masks
 
 
 def melt_wide(
@@ -665,6 +703,8 @@ def student_year_table(
                 levels, categories=list(subject.levels), ordered=True
             )
     frame = pd.DataFrame(table)
+    if len(first) and (codes[first] >= 0).all() and 1800 <= year.min() and year.max() < 1800 + 4096:
+        return frame  # np.unique sorted the rows by (student code, year): the order sorting gives
     return frame.sort_values(["student_id", "school_year"], kind="stable").reset_index(drop=True)
 
 
@@ -769,15 +809,20 @@ def read_schools(config: DistrictConfig) -> tuple[pd.DataFrame | None, list[Prob
 # ----------------------------------------------------------------------------------------------
 
 
-def load(config: DistrictConfig, progress: bool = False) -> District:
-    """Read, convert, validate and pivot a district; raise ContractError listing every problem."""
+def load(config: DistrictConfig, progress: bool = False, last_years: int | None = None) -> District:
+    """Read, convert, validate and pivot a district; raise ContractError listing every problem.
+
+    ``last_years`` (long and wide formats): only the latest that many school years of the data, e.g. 2
+    for a forecast, which needs this year's and last year's records only. Rows of earlier years are
+    then neither read nor validated, and files holding only earlier years are not read past their
+    school-year column; the other years' tables are the same as a full load gives."""
     if config.format == "classic":
         from features.classic import load_classic
 
         return load_classic(config)
     subjects = resolve_subjects(config)
     summary = ValidationSummary(subjects=tuple(s.name for s in subjects))
-    frame, located, paths = read_records(config, progress)
+    frame, located, paths = read_records(config, progress, last_years)
     summary.files = [(str(p), int((located.file_index == i).sum())) for i, p in enumerate(paths)]
     summary.rows_read = len(frame)
     converted = convert_records(frame, located, config, subjects)
@@ -799,10 +844,13 @@ def load(config: DistrictConfig, progress: bool = False) -> District:
     if problems:
         raise ContractError(problems)
     if schools is not None:
-        known = set(schools["school_id"])
-        ids = values["school_id"].astype(object).to_numpy()
-        unknown = ~np.isin(ids, list(known))
+        # Checked once per distinct school id (the column is categorical), then looked up per row.
+        school_ids = values["school_id"]
+        listed = np.asarray(school_ids.cat.categories.isin(set(schools["school_id"])), dtype=bool)
+        codes = school_ids.cat.codes.to_numpy()
+        unknown = (codes < 0) | ~listed[np.maximum(codes, 0)]
         if unknown.any():
+            ids = school_ids.astype(object).to_numpy()
             raise ContractError(
                 located.problems(
                     unknown,
@@ -852,8 +900,10 @@ def load_district(
     students: Path | str | None = None,
     pass_mark: float = CLASSIC_PASS_MARK,
     progress: bool = False,
+    last_years: int | None = None,
 ) -> District:
-    """The one way in: a config file, or the classic two tables (``schools`` + ``students``)."""
+    """The one way in: a config file, or the classic two tables (``schools`` + ``students``).
+    ``last_years``: only the latest that many school years (see ``load``)."""
     from features.district_config import load_config
 
     if config_path is not None:
@@ -862,4 +912,4 @@ def load_district(
         config = classic_config(schools, students, pass_mark)
     else:
         raise ValueError("give a config file or both classic tables (schools and students)")
-    return load(config, progress)
+    return load(config, progress, last_years)

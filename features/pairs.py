@@ -85,6 +85,17 @@ def take(values: np.ndarray | pd.Categorical, positions: np.ndarray) -> np.ndarr
     return out
 
 
+def text_at(column: pd.Series, rows: np.ndarray) -> object:
+    """``column.to_numpy()[rows]`` of a categorical text column, as the text array the pairs frame
+    stores, built by taking from the categories (not by materialising every row as a Python string)."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and isinstance(
+        column.cat.categories.dtype, pd.StringDtype
+    ):
+        codes = column.cat.codes.to_numpy()[rows]
+        return column.cat.categories.array.take(codes, allow_fill=True)
+    return column.to_numpy()[rows]
+
+
 def growth_pairs(district: District, years: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per student x target year (every year after the first, or ``years``), with the prior
     years' scores, last year's engagement, the credited school and a status per subject."""
@@ -101,14 +112,14 @@ def growth_pairs(district: District, years: Sequence[int] | None = None) -> pd.D
     school = students["school_id"].cat.codes.to_numpy()
     attributes_from = p1 if district.config.features.attributes_from == "prior" else rows
     out: dict[str, object] = {
-        "student_id": students["student_id"].to_numpy()[rows],
+        "student_id": text_at(students["student_id"], rows),
         "school_year": students["school_year"].to_numpy()[rows],
-        "grade": students["grade"].to_numpy()[rows],
-        "school_id": students["school_id"].to_numpy()[rows],
-        "school_name": students["school_name"].to_numpy()[rows],
+        "grade": text_at(students["grade"], rows),
+        "school_id": text_at(students["school_id"], rows),
+        "school_name": text_at(students["school_name"], rows),
     }
     if "district" in students:
-        out["district"] = students["district"].to_numpy()[rows]
+        out["district"] = text_at(students["district"], rows)
     for spec in ATTRIBUTE_COLUMNS:
         if spec.name in students:
             column = students[spec.name]
@@ -155,7 +166,11 @@ def pair_status(
         "grade_went_down",
         "school_changed",
     ]
-    return pd.Categorical(np.select(conditions, choices, default="ok"), categories=list(STATUSES))
+    # Selected as category codes: the same categorical as selecting the texts, without per-row strings.
+    codes = np.select(
+        conditions, [np.int8(STATUSES.index(c)) for c in choices], default=np.int8(STATUSES.index("ok"))
+    )
+    return pd.Categorical.from_codes(codes, categories=list(STATUSES))
 
 
 def usable(pairs: pd.DataFrame, subject: str) -> pd.DataFrame:

@@ -9,10 +9,13 @@ enrolment (counted from the records), per-student budget, % proficient, bins and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.contract import growth_column, proficient_column, score_column
 
@@ -69,7 +72,7 @@ def school_aggregates(
 
     Schools of the schools table without students keep a row with zero students and NaN figures.
     """
-    scored: dict[str, object] = {"school_id": students["school_id"].astype(str).to_numpy()}
+    scored: dict[str, object] = {}
     for subject in subjects:
         scored[f"avg_{subject}"] = students[score_column(subject)].to_numpy(dtype=float)
         scored[f"pct_proficient_{subject}"] = (
@@ -78,15 +81,24 @@ def school_aggregates(
     scored["pct_overall_proficient"] = overall_proficient(students, subjects).to_numpy() * 100.0
     for column in config.extra_means:
         scored[f"mean_{column}"] = students[column].to_numpy(dtype=float)
-    grouped = pd.DataFrame(scored).groupby("school_id", sort=True)
-    means = grouped.mean()
-    counts = grouped.size().rename("total_students")
-    names = (
-        pd.Series(students["school_name"].astype(str).to_numpy(), index=scored["school_id"])
-        .groupby(level=0)
-        .first()
-        .rename("school_name")
-    )
+    key = _school_key(students["school_id"]) if len(students) else None
+    if key is not None:
+        # Grouped by the categorical's codes (no per-row text): the same groups, rows and means.
+        grouped = pd.DataFrame(scored).groupby(key, sort=True, observed=True)
+        means = _text_index(grouped.mean())
+        counts = _text_index(grouped.size().rename("total_students"))
+        names = _text_index(_first_names(students["school_name"], key))
+    else:
+        scored = {"school_id": students["school_id"].astype(str).to_numpy(), **scored}
+        grouped = pd.DataFrame(scored).groupby("school_id", sort=True)
+        means = grouped.mean()
+        counts = grouped.size().rename("total_students")
+        names = (
+            pd.Series(students["school_name"].astype(str).to_numpy(), index=scored["school_id"])
+            .groupby(level=0)
+            .first()
+            .rename("school_name")
+        )
     out = pd.concat([names, counts], axis=1)
     if schools is not None:
         base = schools.set_index("school_id")
@@ -112,6 +124,37 @@ def school_aggregates(
     out["size_bin"] = bin_values(out["total_students"].astype(float), config.size_bins, config.size_labels)
     out.index.name = "school_id"
     return out.sort_index()
+
+
+def _school_key(ids: pd.Series) -> pd.Categorical | None:
+    """The school ids as a categorical of their texts (what ``astype(str)`` gives), or None when they
+    are not categorical with distinct texts (then they are grouped as text)."""
+    if not isinstance(ids.dtype, pd.CategoricalDtype):
+        return None
+    categories = ids.cat.categories.astype(str)
+    if not categories.is_unique:
+        return None
+    return pd.Categorical.from_codes(ids.cat.codes.to_numpy(), categories=categories)
+
+
+def _text_index(table: pd.DataFrame | pd.Series) -> pd.DataFrame | pd.Series:
+    """A result grouped by ``_school_key`` indexed by the school id texts, as grouping the texts gives."""
+    table.index = pd.Index(np.asarray(table.index.astype(object)), name="school_id").astype(str)
+    return table
+
+
+def _first_names(names: pd.Series, key: pd.Categorical) -> pd.Series:
+    """Per school, the first non-missing name in row order (``groupby(...).first()`` of the texts)."""
+    if isinstance(names.dtype, pd.CategoricalDtype):
+        codes = names.cat.codes.to_numpy()
+        texts = names.cat.categories.astype(str)
+        first = pd.Series(np.where(codes >= 0, codes, np.nan)).groupby(key, sort=True, observed=True).first()
+        present = first.notna().to_numpy()
+        values = np.full(len(first), np.nan, dtype=object)
+        values[present] = np.asarray(texts.astype(object))[first.to_numpy()[present].astype(np.int64)]
+        return pd.Series(values, index=first.index, name="school_name").astype(str)
+    text = pd.Series(names.astype(str).to_numpy())
+    return text.groupby(key, sort=True, observed=True).first().rename("school_name")
 
 
 def district_totals(students: pd.DataFrame, schools: pd.DataFrame | None, subjects: Sequence[str]) -> dict:
@@ -171,27 +214,42 @@ def adjusted_growth(pairs: pd.DataFrame, subjects: Sequence[str]) -> pd.DataFram
     like these usually make that year. A school's mean of it is a simple value-added signal, far less
     confounded by who the school enrols than its raw mean growth."""
     out = pd.DataFrame(index=pairs.index)
-    cells = (pairs["school_year"].astype(str) + "|" + pairs["grade"].astype(str)).to_numpy()
+    # One integer per (school year, grade) cell; each cell's rows in their original order.
+    year_code, _ = pd.factorize(pairs["school_year"], use_na_sentinel=False)
+    grade_code, grades = pd.factorize(pairs["grade"].astype(str), use_na_sentinel=False)
+    cells = year_code.astype(np.int64) * max(len(grades), 1) + grade_code
     priors = [f"prior_{s}_score" for s in subjects if f"prior_{s}_score" in pairs]
     flags = [c for c in ADJUSTERS if c in pairs]
     design = pairs[priors + flags].to_numpy(dtype=float)
-    for subject in subjects:
-        values = np.full(len(pairs), np.nan)
-        comparable = pairs[f"pair_status_{subject}"].isin(["ok", "school_changed"]).to_numpy()
-        y = pairs[score_column(subject)].to_numpy(dtype=float)
-        usable = comparable & ~np.isnan(y)
-        for cell in np.unique(cells[usable]):
-            rows = np.flatnonzero(usable & (cells == cell))
-            if len(rows) < 3 * (len(priors) + len(flags) + 1):
-                continue
-            x = design[rows]
-            missing = np.isnan(x)
-            filled = np.where(missing, np.nanmean(np.where(missing, np.nan, x), axis=0), x)
-            x = np.column_stack([np.ones(len(rows)), np.nan_to_num(filled), missing[:, : len(priors)]])
-            beta = np.linalg.lstsq(x, y[rows], rcond=None)[0]
-            values[rows] = y[rows] - x @ beta
-        out[adjusted_column(subject)] = values
+    with _one_blas_thread():
+        for subject in subjects:
+            values = np.full(len(pairs), np.nan)
+            comparable = pairs[f"pair_status_{subject}"].isin(["ok", "school_changed"]).to_numpy()
+            y = pairs[score_column(subject)].to_numpy(dtype=float)
+            usable = np.flatnonzero(comparable & ~np.isnan(y))
+            by_cell = usable[np.argsort(cells[usable], kind="stable")]
+            bounds = np.flatnonzero(np.diff(cells[by_cell])) + 1
+            for rows in np.split(by_cell, bounds) if len(by_cell) else []:
+                if len(rows) < 3 * (len(priors) + len(flags) + 1):
+                    continue
+                x = design[rows]
+                missing = np.isnan(x)
+                filled = np.where(missing, np.nanmean(np.where(missing, np.nan, x), axis=0), x)
+                x = np.column_stack([np.ones(len(rows)), np.nan_to_num(filled), missing[:, : len(priors)]])
+                beta = np.linalg.lstsq(x, y[rows], rcond=None)[0]
+                values[rows] = y[rows] - x @ beta
+            out[adjusted_column(subject)] = values
     return out
+
+
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """The fits are tall and narrow (rows x ~10 columns): BLAS threads only add synchronisation, and on a
+    busy 2-core machine made each fit several times slower. One thread gives the same numbers."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list[str]:
@@ -206,6 +264,39 @@ def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list
         ]
     columns += [f"mean_{c}" for c in SCHOOL_SHARES]
     return [c for c in columns if c in table.columns]
+
+
+def pair_positions(students: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """For each student-year row, the position of its pair (same student id as text, same school year),
+    or -1. With a categorical student id the ids are matched once per distinct id and the (student,
+    year) keys as integers; otherwise as (text, year) pairs."""
+    ids = students["student_id"]
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        categories = ids.cat.categories.astype(str)
+        student = ids.cat.codes.to_numpy().astype(np.int64)
+        if categories.is_unique and (student >= 0).all():
+            pair_student = _positions_in(pairs["student_id"].astype(str), categories)
+            year = students["school_year"].to_numpy().astype(np.int64)
+            pair_year = pairs["school_year"].to_numpy().astype(np.int64)
+            low = min(year.min(initial=0), pair_year.min(initial=0))
+            span = max(year.max(initial=0), pair_year.max(initial=0)) - low + 1
+            # A pair whose student is not in the table gets a negative key of its own, which no row has.
+            pair_key = np.where(
+                pair_student >= 0, pair_student * span + (pair_year - low), -1 - np.arange(len(pairs))
+            )
+            return pd.Index(pair_key).get_indexer(student * span + (year - low))
+    key = pd.MultiIndex.from_arrays([ids.astype(str), students["school_year"].astype(int)])
+    pair_key = pd.MultiIndex.from_arrays([pairs["student_id"].astype(str), pairs["school_year"].astype(int)])
+    return pair_key.get_indexer(key)
+
+
+def _positions_in(values: pd.Series, lookup: pd.Index) -> np.ndarray:
+    """``lookup.get_indexer(values)`` for text, hashed by Arrow (several times faster on millions of ids)."""
+    try:
+        found = pc.index_in(pa.array(values.array), value_set=pa.array(lookup.array))
+    except (pa.ArrowException, TypeError, ValueError):
+        return lookup.get_indexer(values).astype(np.int64)
+    return found.fill_null(-1).to_numpy().astype(np.int64)
 
 
 def school_year_table(
@@ -225,13 +316,7 @@ def school_year_table(
     if pairs is not None:
         # Pairs come from this table, so they are matched by (student, year); only comparable growth
         # (pairs that enter the growth models) counts towards a school's mean growth.
-        key = pd.MultiIndex.from_arrays(
-            [students["student_id"].astype(str), students["school_year"].astype(int)]
-        )
-        pair_key = pd.MultiIndex.from_arrays(
-            [pairs["student_id"].astype(str), pairs["school_year"].astype(int)]
-        )
-        position = pair_key.get_indexer(key)
+        position = pair_positions(students, pairs)
         found = position >= 0
         adjusted = adjusted_growth(pairs, subjects)
         for subject in subjects:

@@ -426,12 +426,25 @@ def train(
                     failed.append(f"{summary['registered_model']} v{summary['version']}: {summary['gate']}")
             for sentence in result["fairness"]:
                 typer.secho(f"fairness: {sentence}", fg=typer.colors.YELLOW)
+            print_review_links(subj)
     if failed:
         raise fail(
             "champion gate failed (registered without the alias; the previous champion stays):\n  "
             + "\n  ".join(failed),
             code=2,
         )
+
+
+def print_review_links(subject: str) -> None:
+    """Where reviewers compare the runs: the MLflow UI (`make ui`) in the saved reviewers' view."""
+    import mlflow
+
+    from training.tracking import experiment_name, review_url
+
+    for task in TASKS:
+        experiment = mlflow.get_experiment_by_name(experiment_name(subject, task))
+        if experiment is not None:
+            typer.echo(f"MLflow ({experiment.name}): {review_url(experiment.experiment_id)}")
 
 
 def report_champion(summary: dict) -> None:
@@ -456,7 +469,10 @@ def predict(
         S.out_dir / "predictions.parquet", "--out", help="Output file (.parquet or .csv)."
     ),
 ) -> None:
-    """Score every student of a year with every champion (growth with interval, needs support, SGP)."""
+    """Score every student of a year with every champion (growth with interval, needs support, SGP).
+
+    A forecast (the default) reads only the two latest school years it uses; `growth validate` checks
+    every year."""
     from serving.batch import score_year
     from serving.predictor import NoChampionError
 
@@ -465,7 +481,7 @@ def predict(
     source = source_of(config, schools, students)
     with user_errors():
         try:
-            result = score_year(source, year, out, progress=True)
+            result = score_year(source, year, out, progress=True, needed_years_only=True)
         except NoChampionError as err:
             raise fail(str(err)) from None
         except ValueError as err:

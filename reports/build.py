@@ -786,10 +786,10 @@ def log_to_mlflow(
 
     import mlflow
 
-    from features.settings import REPORTS_EXPERIMENT, get_settings
+    from features.settings import REPORTS_EXPERIMENT
+    from training.tracking import use_named_experiment
 
-    mlflow.set_tracking_uri(get_settings().tracking_uri)
-    mlflow.set_experiment(REPORTS_EXPERIMENT)
+    use_named_experiment(REPORTS_EXPERIMENT)  # tagged to open on the model-training view
     with mlflow.start_run(run_name=MLFLOW_RUN_NAME) as run:
         if params:
             mlflow.log_params(dict(params))

@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from features.contract import ENGAGEMENT_COLUMNS, prior_engagement_column, prior_score_column, score_column
+from features.ingest import load_district
 from features.pairs import growth_pairs, status_column
 from serving.predictor import Predictor
 from training.data import DistrictData, Source, load_data
@@ -37,6 +41,23 @@ class BatchResult:
     unscorable: int
     out: Path
     side_file: Path | None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, in order
+
+
+class PhaseClock:
+    """Wall time of each phase of a batch run (logged with ``progress``), for the CLI and the benchmark."""
+
+    def __init__(self, progress: bool = False):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        if self.progress:
+            log.info("%s (%.2f s)", name, self.seconds[name])
 
 
 def forecast_frame(data: DistrictData, year: int) -> pd.DataFrame:
@@ -48,12 +69,12 @@ def forecast_frame(data: DistrictData, year: int) -> pd.DataFrame:
     following = {g: grades[i + 1] for i, g in enumerate(grades[:-1])}
     frame = pd.DataFrame(
         {
-            "student_id": current["student_id"].astype(str).to_numpy(),
+            "student_id": texts(current["student_id"]),
             "school_year": np.full(len(current), year, dtype=np.int64),
-            "grade": current["grade"].astype(str).map(following).to_numpy(dtype=object),
-            "school_id": current["school_id"].astype(str).to_numpy(),
-            "school_name": current["school_name"].astype(str).to_numpy(),
-            "current_grade": current["grade"].astype(str).to_numpy(),
+            "grade": texts(current["grade"], following),
+            "school_id": texts(current["school_id"]),
+            "school_name": texts(current["school_name"]),
+            "current_grade": texts(current["grade"]),
         }
     )
     for column in (
@@ -71,13 +92,55 @@ def forecast_frame(data: DistrictData, year: int) -> pd.DataFrame:
         if spec.name in current:
             frame[prior_engagement_column(spec.name)] = current[spec.name].to_numpy()
     previous = district.students[district.students["school_year"] == latest - 1]
-    earlier = previous.set_index(previous["student_id"].astype(str))
+    earlier = previous_rows(current["student_id"], previous["student_id"])
+    if earlier is None:
+        by_id = previous.set_index(previous["student_id"].astype(str))
     for subject in district.subject_names:
         frame[prior_score_column(subject)] = current[score_column(subject)].to_numpy()
-        frame[prior_score_column(subject, 2)] = (
-            earlier[score_column(subject)].reindex(frame["student_id"]).to_numpy() if len(earlier) else np.nan
-        )
+        if not len(previous):
+            frame[prior_score_column(subject, 2)] = np.nan
+        elif earlier is not None:
+            scores = previous[score_column(subject)].to_numpy()
+            frame[prior_score_column(subject, 2)] = np.where(
+                earlier >= 0, scores[np.maximum(earlier, 0)], np.nan
+            ).astype(scores.dtype)
+        else:
+            frame[prior_score_column(subject, 2)] = (
+                by_id[score_column(subject)].reindex(frame["student_id"]).to_numpy()
+            )
     return frame
+
+
+def texts(column: pd.Series, mapping: dict[str, str] | None = None) -> object:
+    """``column.astype(str)`` (through ``mapping``, NaN where it has no entry) as an array for a frame:
+    for a categorical, each distinct value is converted once and the rows take from it."""
+    if not isinstance(column.dtype, pd.CategoricalDtype):
+        text = column.astype(str)
+        return (text.map(mapping) if mapping is not None else text).to_numpy(dtype=object)
+    categories = column.cat.categories.astype(str)
+    codes = column.cat.codes.to_numpy()
+    if mapping is not None:
+        mapped = np.array([mapping.get(c, np.nan) for c in categories], dtype=object)
+        return np.where(codes >= 0, mapped[np.maximum(codes, 0)] if len(mapped) else np.nan, np.nan)
+    return categories.array.take(codes, allow_fill=True)
+
+
+def previous_rows(current: pd.Series, previous: pd.Series) -> np.ndarray | None:
+    """For each current row, the position of the same student's row in ``previous`` (-1: none), matched
+    through the shared categorical codes; None when the ids are not such a categorical."""
+    if not (
+        isinstance(current.dtype, pd.CategoricalDtype)
+        and isinstance(previous.dtype, pd.CategoricalDtype)
+        and current.cat.categories.equals(previous.cat.categories)
+        and current.cat.categories.astype(str).is_unique
+    ):
+        return None
+    codes = previous.cat.codes.to_numpy()
+    if (codes < 0).any() or len(np.unique(codes)) != len(codes):
+        return None  # a missing or repeated id: let the text lookup decide (and complain) as before
+    position = np.full(len(previous.cat.categories) + 1, -1, dtype=np.int64)
+    position[codes] = np.arange(len(codes))
+    return position[current.cat.codes.to_numpy()]  # code -1 (no id) reads the extra slot: -1
 
 
 def historical_frame(data: DistrictData, year: int) -> pd.DataFrame:
@@ -137,6 +200,15 @@ def score_frame(predictor: Predictor, frame: pd.DataFrame, progress: bool = Fals
     return pd.concat(parts) if parts else pd.DataFrame(index=frame.index)
 
 
+def forecast_data(source: Source, progress: bool = False) -> DistrictData:
+    """What a forecast reads: the latest two school years only (this year's records and last year's
+    scores), neither growth pairs nor school aggregates (a forecast uses neither) nor the data
+    fingerprint. The forecast is the same as from the whole history; rows of earlier years are not
+    validated (``growth validate`` does that)."""
+    district = load_district(source.config, progress=progress, last_years=2)
+    return DistrictData(source, district, pd.DataFrame(), pd.DataFrame(), fingerprint="")
+
+
 def score_year(
     source: Source,
     year: int | None,
@@ -144,10 +216,20 @@ def score_year(
     progress: bool = False,
     predictor: Predictor | None = None,
     data: DistrictData | None = None,
+    needed_years_only: bool = False,
 ) -> BatchResult:
-    """Score every student of ``year`` (default: next year) and write predictions + the side file."""
-    data = data or load_data(source, progress=progress)
-    predictor = predictor or Predictor.from_store()
+    """Score every student of ``year`` (default: next year) and write predictions + the side file.
+
+    ``needed_years_only`` with the default year (a forecast) of a config-file district: read only the
+    school years the forecast uses (``forecast_data``) instead of loading and validating the whole history.
+    """
+    clock = PhaseClock(progress)
+    with clock("load and validate"):
+        if data is None and needed_years_only and year is None and source.config is not None:
+            data = forecast_data(source, progress)
+        data = data or load_data(source, progress=progress)
+    with clock("load models"):
+        predictor = predictor or Predictor.from_store()
     years = data.district.years
     latest = years[-1]
     year = latest + 1 if year is None else year
@@ -157,22 +239,26 @@ def score_year(
             f"{latest + 1} (the data has {', '.join(map(str, years))}; {latest + 1} is a forecast)"
         )
     forecast = year == latest + 1
-    frame = forecast_frame(data, year) if forecast else historical_frame(data, year)
-    reasons = unscorable_reasons(frame, predictor, forecast)
-    scorable = frame[reasons == ""]
-    scored = score_frame(predictor, scorable, progress)
-    keys = [k for k in KEYS if k in scorable]
-    result = pd.concat([scorable[keys].reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
+    with clock("build frame"):
+        frame = forecast_frame(data, year) if forecast else historical_frame(data, year)
+        reasons = unscorable_reasons(frame, predictor, forecast)
+        scorable = frame[reasons == ""]
+    with clock("score"):
+        scored = score_frame(predictor, scorable, progress)
+        keys = [k for k in KEYS if k in scorable]
+        result = pd.concat([scorable[keys].reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
     if not forecast:
-        result = add_actuals_and_sgp(result, scorable.reset_index(drop=True), data, year)
-    write_atomic_frame(result, out)
-    side = None
-    unscorable = frame[reasons != ""]
-    if len(unscorable):
-        side = out.with_name(f"{out.stem}_unscored.csv")
-        columns = [c for c in ("student_id", "current_grade", "grade", "school_id") if c in unscorable]
-        write_atomic_frame(unscorable[columns].assign(reason=reasons[reasons != ""].to_numpy()), side)
-    return BatchResult(year, len(result), len(unscorable), out, side)
+        with clock("actual growth and SGP"):
+            result = add_actuals_and_sgp(result, scorable.reset_index(drop=True), data, year)
+    with clock("write"):
+        write_atomic_frame(result, out)
+        side = None
+        unscorable = frame[reasons != ""]
+        if len(unscorable):
+            side = out.with_name(f"{out.stem}_unscored.csv")
+            columns = [c for c in ("student_id", "current_grade", "grade", "school_id") if c in unscorable]
+            write_atomic_frame(unscorable[columns].assign(reason=reasons[reasons != ""].to_numpy()), side)
+    return BatchResult(year, len(result), len(unscorable), out, side, clock.seconds)
 
 
 def add_actuals_and_sgp(

@@ -8,12 +8,14 @@ echo input values, so a rejected request cannot put a student's data in the serv
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StringConstraints,
     ValidationError,
     ValidatorFunctionWrapHandler,
     create_model,
@@ -38,6 +40,8 @@ INTERVAL_NOTE = (
     "selection, per number of missing optional fields and for unseen schools (docs/serving.md)."
 )
 ENGAGEMENT_LIMITS = {"prior_days_absent": (0, 366)}
+# JSON numbers only: a boolean or a text is refused, as the documented schema says.
+NUMBER = Annotated[float, Strict()]
 
 
 def max_records() -> int:
@@ -55,14 +59,9 @@ def record_fields(
     """Field definitions of one student record for these subjects, grades and score scales."""
     fields: dict[str, Any] = {
         "student_id": (
-            str,
-            Field(
-                ...,
-                min_length=1,
-                max_length=64,
-                description="Echoed back; never used by the model.",
-                coerce_numbers_to_str=True,
-            ),
+            Annotated[str, Strict(), StringConstraints(min_length=1, max_length=64)]
+            | Annotated[int, Strict(), Field(ge=0, le=10**15 - 1)],  # exact in any JSON parser
+            Field(..., description="Text or a whole number; echoed back as text, never used by the model."),
         ),
         "school_id": (
             str,
@@ -78,7 +77,7 @@ def record_fields(
     }
     if "school_year" in inputs:
         fields["school_year"] = (
-            int | None,
+            Annotated[int, Strict()] | None,
             Field(
                 None,
                 ge=0,
@@ -96,26 +95,26 @@ def record_fields(
             name = prior_score_column(subject, back)
             if name in inputs:
                 fields[name] = (
-                    float | None,
+                    NUMBER | None,
                     Field(None, **bounds, description=f"{subject} scale score of {when} the target year."),
                 )
     for col in ATTRIBUTE_COLUMNS:
         if col.name not in inputs:
             continue
         if col.kind == "bool":
-            kind: Any = bool | None
+            kind: Any = Annotated[bool, Strict()] | Literal[0, 1] | None
         elif col.name == "gender":
             kind = Literal[RECORD_GENDERS] | None  # type: ignore[valid-type]
         elif col.name == "parental_education":
             kind = Literal[PARENTAL_EDUCATION] | None  # type: ignore[valid-type]
         else:
-            kind = float | None
+            kind = NUMBER | None
         fields[col.name] = (kind, Field(None, **_bounds(col, col.name), description=col.meaning))
     for col in ENGAGEMENT_COLUMNS:
         name = prior_of(col.name)
         if name in inputs:
             fields[name] = (
-                float | None,
+                NUMBER | None,
                 Field(
                     None, **_bounds(col, name), description=f"{col.meaning} (the year before the target year)"
                 ),
@@ -149,9 +148,10 @@ def _escape(text: str) -> str:
 
 
 def located_message(loc: tuple[int | str, ...], message: str) -> str:
-    """'record 3, field 'grade': <message>' for a pydantic error location inside the request."""
+    """'record 3, field 'grade': <message>' for a pydantic error location inside the request (records
+    are flat: anything after the field name is a union member's tag and is left out)."""
     if len(loc) >= 2 and loc[0] == "students" and isinstance(loc[1], int):
-        field = ".".join(str(p) for p in loc[2:])
+        field = str(loc[2]) if len(loc) > 2 else ""
         return f"record {loc[1]}, field '{field}': {message}" if field else f"record {loc[1]}: {message}"
     if loc:
         return f"field '{'.'.join(str(p) for p in loc)}': {message}"
@@ -167,6 +167,9 @@ def build_models(
     priors = [prior_score_column(s) for s in subjects]
 
     def needs_a_prior(record: Any) -> Any:
+        """At least one prior score; a numeric student id becomes its text (ids are text everywhere)."""
+        if isinstance(record.student_id, int):
+            record.student_id = str(record.student_id)
         if all(getattr(record, p, None) is None for p in priors):
             raise PydanticCustomError(
                 "no_prior", "needs at least one of {fields}", {"fields": ", ".join(priors)}
@@ -185,8 +188,11 @@ def build_models(
             extra="forbid",
             hide_input_in_errors=True,
             allow_inf_nan=False,
-            str_strip_whitespace=True,
-            json_schema_extra={"example": example},
+            # What the validator below enforces, said in the schema too: at least one prior score.
+            json_schema_extra={
+                "example": example,
+                "anyOf": [{"required": [p], "properties": {p: {"type": "number"}}} for p in priors],
+            },
         ),
         __doc__="One student as known before the target school year starts.",
         __validators__={"_needs_a_prior": model_validator(mode="after")(needs_a_prior)},
@@ -210,14 +216,20 @@ def build_models(
         try:
             return handler(data)
         except ValidationError as exc:
-            errors: list[InitErrorDetails] = [
-                {
-                    "type": PydanticCustomError(e["type"], _escape(located_message(e["loc"], e["msg"]))),
-                    "loc": e["loc"],
-                    "input": None,
-                }
-                for e in exc.errors(include_url=False, include_context=False, include_input=False)
-            ]
+            # One message per record field: the members of a union (text or number) are said together.
+            grouped: dict[tuple, list[dict]] = {}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False):
+                grouped.setdefault(tuple(e["loc"][:3]), []).append(e)
+            errors: list[InitErrorDetails] = []
+            for loc, found in grouped.items():
+                message = " or ".join(dict.fromkeys(e["msg"] for e in found))
+                errors.append(
+                    {
+                        "type": PydanticCustomError(found[0]["type"], _escape(located_message(loc, message))),
+                        "loc": loc,
+                        "input": None,
+                    }
+                )
             raise ValidationError.from_exception_data(exc.title, errors, hide_input=True) from None
 
     request = create_model(
@@ -283,6 +295,26 @@ def build_models(
         warnings=(list[str], Field(default_factory=list)),
     )
     return student, request, response
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with every ``$ref`` replaced by its definition (no ``$defs``): the
+    request body is documented in the operation itself, where OpenAPI tools resolve it without the
+    components section (BentoML builds that section from response models only)."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(definitions[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
 
 
 class ErrorResponse(BaseModel):

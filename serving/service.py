@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from features.contract import prior_score_column
 from serving.predictor import Predictor, champion_entries, no_champion_error
-from serving.schemas import ErrorResponse, ModelsResponse, build_models, max_records
+from serving.schemas import ErrorResponse, ModelsResponse, build_models, inline_schema, max_records
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 2**20
@@ -76,7 +76,7 @@ def validation_messages(exc: ValidationError) -> list[str]:
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                    "schema": inline_schema(PredictRequest)
                 }
             },
         }

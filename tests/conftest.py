@@ -84,8 +84,20 @@ def trained(long_district: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             data_config = DataConfig(subject)
             for task, families in (("growth", ("lgbm", "linear")), ("support", ("lgbm", "logistic"))):
                 for family in families:
-                    tune(TuneConfig(source, data_config, family, task, trials=3, timeout=60, tune_rows=None,
-                                    progress=False))
-            config = TrainConfig(source, data_config, families=("lgbm", "linear"), out_dir=folder / "evaluation")
+                    tune(
+                        TuneConfig(
+                            source,
+                            data_config,
+                            family,
+                            task,
+                            trials=3,
+                            timeout=60,
+                            tune_rows=None,
+                            progress=False,
+                        )
+                    )
+            config = TrainConfig(
+                source, data_config, families=("lgbm", "linear"), out_dir=folder / "evaluation"
+            )
             results[subject] = train_subject(config, data)
         yield Trained(long_district, folder, storage, results)

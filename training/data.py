@@ -15,11 +15,14 @@ from features.contract import CLASSIC_PASS_MARK, growth_column, prior_score_colu
 from features.ingest import District, load_district
 from features.pairs import growth_pairs, status_counts, usable
 from features.schema import model_input_schema, validate_model_input
-from features.school_aggregates import school_feature_columns, school_year_table
+from features.school_aggregates import school_year_table, z_column
 from features.split import Split, split_pairs
 from features.transform import GrowthTransform, model_input_columns
 
 PROTECTED = ("gender", "econ_disadvantaged", "english_learner", "special_education")
+# Bumped when the model's features change meaning, so studies tuned on the old features are not reused.
+FEATURES_VERSION = "2"
+VA_YEARS = 3  # a school's value-added feature pools its growth pairs of up to this many years
 
 
 class GrowthDataError(ValueError):
@@ -55,10 +58,71 @@ class DistrictData:
     pairs: pd.DataFrame
     school_table: pd.DataFrame
     fingerprint: str
+    _model_schools: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def subjects(self) -> list[str]:
         return self.district.subject_names
+
+    def model_school_table(self) -> pd.DataFrame:
+        """The school-year table with each school's value-added (``va_<subject>``): built once, when a
+        model is first prepared (reports never need it)."""
+        if self._model_schools is None:
+            self._model_schools = self.school_table.join(school_value_added_features(self))
+        return self._model_schools
+
+
+def va_column(subject: str) -> str:
+    return f"va_{subject}"
+
+
+def school_value_added_features(data: DistrictData) -> pd.DataFrame:
+    """Each school's value-added in each school year y that has growth pairs: the empirical-Bayes
+    estimate (view A, training.value_added) from its pairs of years y - VA_YEARS + 1 .. y. It is the
+    school feature the growth models use: one number per subject that carries what the school adds
+    (its teaching and its peers), shrunk by its reliability, instead of a dozen raw aggregates that a
+    model fits to a handful of school-years. The model joins year t-1's row to a target year t, so the
+    feature of a test year comes from earlier years only. Index (school_id, school_year)."""
+    from training.value_added import VAConfig, school_value_added
+
+    pairs = data.pairs
+    index = pd.MultiIndex.from_arrays([[], []], names=["school_id", "school_year"])
+    frame = pd.DataFrame({va_column(s): pd.Series(dtype=float) for s in data.subjects}, index=index)
+    if not len(pairs):
+        return frame
+    years = sorted(int(y) for y in pd.unique(pairs["school_year"]))
+    min_n = data.district.config.report.min_group_size
+    rows = []
+    for subject in data.subjects:
+        for year in years:
+            window = pairs[(pairs["school_year"] <= year) & (pairs["school_year"] > year - VA_YEARS)]
+            try:
+                table = school_value_added(window, subject, data.subjects, VAConfig(min_students=min_n)).table
+            except (ValueError, np.linalg.LinAlgError):  # too few pairs or schools to estimate
+                continue
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "school_id": table["school_id"].astype(str).to_numpy(),
+                        "school_year": year,
+                        "column": va_column(subject),
+                        "estimate": table["estimate"].to_numpy(dtype=float),
+                    }
+                )
+            )
+    if not rows:
+        return frame
+    long = pd.concat(rows, ignore_index=True)
+    wide = long.pivot_table(index=["school_id", "school_year"], columns="column", values="estimate")
+    return wide.reindex(columns=frame.columns).rename_axis(columns=None)
+
+
+def model_school_columns(subjects: list[str], table: pd.DataFrame) -> list[str]:
+    """The school-year columns a growth model uses: each subject's value-added and its peer context
+    (the school's mean within-grade z of last year's scores). Type and level, when known, are added by
+    the transform."""
+    columns = [va_column(s) for s in subjects] + [f"mean_{z_column(s)}" for s in subjects]
+    return [c for c in columns if c in table.columns]
 
 
 def load_data(source: Source, progress: bool = False) -> DistrictData:
@@ -88,6 +152,7 @@ def study_fingerprint(data_fingerprint: str, config: DataConfig) -> str:
 
     key = (
         f"{data_fingerprint}|{config.scheme}|{config.holdout_schools}|{config.seed}|{config.protected_inputs}"
+        f"|features {FEATURES_VERSION}"
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -169,11 +234,12 @@ def prepare(data: DistrictData, config: DataConfig) -> Prepared:
     y = frame[growth_column(config.subject)].to_numpy(dtype=float)
     split = split_pairs(frame, seed=config.seed, scheme=config.scheme, holdout_schools=config.holdout_schools)
     exclude = () if config.protected_inputs else PROTECTED
+    table = data.model_school_table()
     transform = GrowthTransform(
         subjects=data.subjects,
         grades=data.district.grades,
-        school_table=data.school_table,
-        school_columns=school_feature_columns(data.subjects, data.school_table),
+        school_table=table,
+        school_columns=model_school_columns(data.subjects, table),
         exclude=exclude,
     )
     prepared = Prepared(data, config, frame, y, split, transform)

@@ -9,10 +9,14 @@ Normalised split-conformal prediction (Lei et al. 2018), Mondrian by what the re
    saw it), the same kind of copies are scored by the FINAL model, and for each bucket of
    (number of optional fields missing, school unseen) the conformal quantile q of |r| / sigma(x) is
    taken at level ceil((n + 1)(1 - alpha)) / n;
-3. a prediction's interval is predicted +- q[bucket] * sigma(x).
+3. the multiplier q is conditioned on groups: a linear quantile regression of |r| / sigma(x) on
+   indicators of the bucket and the audited student groups (``fit_group_quantile``, the
+   conditional-guarantee method of Gibbs, Cherian and Candes 2023), so the interval covers about the
+   level within each of those groups, not only overall; a prediction's interval is predicted +-
+   q(x) * sigma(x).
 
-Within a bucket the coverage guarantee is the usual marginal one; sigma(x) spreads width to where
-errors are larger (subgroups, missing fields, unseen schools).
+sigma(x) spreads width to where errors are larger; the group quantile corrects what sigma(x) gets
+wrong for a whole group. Models saved before the group quantile use the per-bucket quantile.
 """
 
 from __future__ import annotations
@@ -89,23 +93,122 @@ def masked_copies(
     return pd.concat(parts, ignore_index=True)
 
 
+GROUP_FLAGS = ("econ_disadvantaged", "english_learner", "special_education")
+GROUP_MIN_ROWS = 50  # an indicator with fewer calibration rows is left out of the group quantile
+GROUP_QUANTILE_ROWS = 30_000  # calibration rows (of the masked copies) the group quantile is fitted on
+
+
+def _values(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray | None:
+    if isinstance(X, pd.DataFrame):
+        return None if name not in X.columns else X[name].astype(object).to_numpy()
+    return None if X.get(name) is None else np.asarray(X[name], dtype=object)
+
+
+def _flag(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray:
+    """True where the record says yes (1/True); missing and no are False."""
+    values = _values(X, name, n)
+    if values is None:
+        return np.zeros(n, dtype=bool)
+    return np.array([v is not None and v == v and bool(v) and v != "0" for v in values], dtype=bool)
+
+
+def _text(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray:
+    values = _values(X, name, n)
+    if values is None:
+        return np.full(n, "", dtype=object)
+    return np.array([str(v) for v in values], dtype=object)
+
+
+@dataclass(frozen=True)
+class GroupDesign:
+    """Indicators the interval's quantile is conditioned on: the missing-field bucket (and unseen
+    school) and the audit's student groups (disadvantaged, English learner, special education, female).
+    ``columns`` keeps those that had enough calibration rows. Grades are not among them: calibration
+    rows come from a few dozen school-years, and per-grade multipliers fitted on them followed those
+    school-years more than the grades (measured in docs/serving.md)."""
+
+    columns: tuple[str, ...] = ()
+
+    @staticmethod
+    def all_columns() -> list[str]:
+        buckets = [f"bucket={b}" for b in range(1, 2 * len(MISSING_BUCKETS))]
+        return ["intercept", *buckets, *GROUP_FLAGS, "gender=F"]
+
+    def matrix(self, X: pd.DataFrame | dict, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+        n = len(n_missing)
+        bucket = bucket_of(n_missing, unseen)
+        named = {"intercept": np.ones(n, dtype=bool)}
+        named.update({f"bucket={b}": bucket == b for b in range(1, 2 * len(MISSING_BUCKETS))})
+        named.update({flag: _flag(X, flag, n) for flag in GROUP_FLAGS})
+        named["gender=F"] = _text(X, "gender", n) == "F"
+        keep = self.columns or tuple(named)
+        return np.column_stack([named[c] for c in keep]).astype(np.float64)
+
+
+def fit_group_quantile(
+    design: GroupDesign,
+    X: pd.DataFrame,
+    n_missing: np.ndarray,
+    unseen: np.ndarray,
+    scores: np.ndarray,
+    level: float,
+    seed: int,
+) -> tuple[GroupDesign, np.ndarray]:
+    """Linear quantile regression of the conformity scores on the group indicators, at the conformal
+    level ceil((n + 1) level) / n: the conditional-guarantee conformal method of Gibbs, Cherian and
+    Candes (2023) with a finite class of groups. Its first-order conditions make the interval cover
+    about ``level`` of the calibration rows within every indicator's group (each missing-field bucket,
+    unseen schools, each audited student group), not only overall. Solved exactly as a
+    linear program by HiGHS (training.sgp.quantile_coefficients) on at most GROUP_QUANTILE_ROWS rows."""
+    from training.sgp import quantile_coefficients
+
+    full = design.matrix(X, n_missing, unseen)
+    names = design.all_columns()
+    keep = [j for j, name in enumerate(names) if name == "intercept" or full[:, j].sum() >= GROUP_MIN_ROWS]
+    fitted = GroupDesign(tuple(names[j] for j in keep))
+    rows = np.random.default_rng(seed).permutation(len(scores))[:GROUP_QUANTILE_ROWS]
+    n = len(rows)
+    tau = min(1.0 - 1e-9, np.ceil((n + 1) * level) / n)
+    coef = quantile_coefficients(full[rows][:, keep], scores[rows], [tau], preprocess=False)[0]
+    return fitted, coef
+
+
 @dataclass
 class IntervalModel:
-    """sigma(x) and the conformal quantile per bucket; applied by ``GrowthModel.predict_interval``."""
+    """sigma(x) and the conformal quantile (per group, or per bucket for models saved before the group
+    quantile); applied by ``GrowthModel.predict_interval``."""
 
     level: float
     optional: tuple[str, ...]
     scale: object  # regressor on [features, n_missing, unseen] -> expected |residual|
-    quantiles: np.ndarray  # per bucket
+    quantiles: np.ndarray  # per bucket (pooled conformal quantile of each bucket)
     counts: np.ndarray  # calibration rows per bucket
+    groups: GroupDesign | None = None
+    group_coef: np.ndarray | None = None
 
     def sigma(self, features: np.ndarray, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
         design = scale_design(features, n_missing, unseen)
         scale = compiled.cached(self, "scale", self.scale, lambda: compiled.regressor(self.scale))
         return np.maximum(scale(design), 1e-6)
 
-    def halfwidth(self, features: np.ndarray, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
-        return self.quantiles[bucket_of(n_missing, unseen)] * self.sigma(features, n_missing, unseen)
+    def quantile(
+        self, X: pd.DataFrame | dict | None, n_missing: np.ndarray, unseen: np.ndarray
+    ) -> np.ndarray:
+        """The conformal multiplier of sigma for each record."""
+        bucket = self.quantiles[bucket_of(n_missing, unseen)]
+        if self.group_coef is None or self.groups is None or X is None:
+            return bucket
+        q = self.groups.matrix(X, n_missing, unseen) @ self.group_coef
+        return np.maximum(q, 0.05 * bucket)  # a rare combination of indicators never gets a vanishing width
+
+    def halfwidth(
+        self,
+        features: np.ndarray,
+        n_missing: np.ndarray,
+        unseen: np.ndarray,
+        X: pd.DataFrame | dict | None = None,
+    ) -> np.ndarray:
+        return self.quantile(X, n_missing, unseen) * self.sigma(features, n_missing, unseen)
 
     def __getstate__(self) -> dict:
         return compiled.without_cache(self.__dict__)

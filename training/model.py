@@ -76,7 +76,7 @@ class GrowthModel(BaseEstimator, RegressorMixin):
         unseen = self.transform.unseen_school(X)
         missing = count_missing(X, self.interval.optional) if self.interval else np.zeros(len(predicted), int)
         half = (
-            self.interval.halfwidth(features, missing, unseen)
+            self.interval.halfwidth(features, missing, unseen, X)
             if self.interval
             else np.full(len(predicted), np.nan)
         )

@@ -38,9 +38,12 @@ from training.data import (
 )
 from training.families import BASELINES, DEFAULT_FAMILIES, FAMILIES, FeatureInfo, fit_family, refit_family
 from training.intervals import (
+    GroupDesign,
     IntervalModel,
+    bucket_of,
     conformal_quantiles,
     count_missing,
+    fit_group_quantile,
     fit_scale_model,
     masked_copies,
 )
@@ -260,16 +263,16 @@ def fit_intervals(prepared: Prepared, train_only: object, final: object, level: 
         rows = frame.pop("_row").to_numpy()
         features = transform.transform(frame)
         residual = np.abs(prepared.y_part(part)[rows] - np.asarray(model.predict(features), dtype=float))
-        return features, count_missing(frame, optional), transform.unseen_school(frame), residual
+        return features, count_missing(frame, optional), transform.unseen_school(frame), residual, frame
 
-    features, missing, unseen, residual = scored("val", train_only, 1)
+    features, missing, unseen, residual, _ = scored("val", train_only, 1)
     scale = fit_scale_model(features, missing, unseen, residual, seed)
     interval = IntervalModel(level, optional, scale, np.zeros(8), np.zeros(8, dtype=np.int64))
-    features, missing, unseen, residual = scored("cal", final, 2)
-    from training.intervals import bucket_of
-
-    interval.quantiles, interval.counts = conformal_quantiles(
-        residual / interval.sigma(features, missing, unseen), bucket_of(missing, unseen), level
+    features, missing, unseen, residual, frame = scored("cal", final, 2)
+    scores = residual / interval.sigma(features, missing, unseen)
+    interval.quantiles, interval.counts = conformal_quantiles(scores, bucket_of(missing, unseen), level)
+    interval.groups, interval.group_coef = fit_group_quantile(
+        GroupDesign(), frame, missing, unseen, scores, level, seed
     )
     return interval
 

@@ -244,28 +244,48 @@ def objective(
 
     def run_trial(trial: optuna.Trial) -> float:
         params = family.space(trial)
+        tags = {
+            "family": family.name,
+            "optuna_trial": str(trial.number),
+            "data_fingerprint": prepared.fingerprint,
+            "run_kind": "trial",
+        }
+        trial.set_user_attr("worker_pid", os.getpid())
+        reported: dict[str, float] = {}
 
         def report(step: int, value: float) -> None:
             trial.report(value, step)
+            reported.update({f"{task.metric}_at_prune": value, "pruned_at_step": float(step)})
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step} with {task.metric} {value:.4f}")
 
-        model = task.fit(
-            family,
-            params,
-            prepared.config.seed,
-            info,
-            X,
-            y,
-            X_val,
-            y_val,
-            report if family.prunable else None,
-        )
+        try:
+            model = task.fit(
+                family,
+                params,
+                prepared.config.seed,
+                info,
+                X,
+                y,
+                X_val,
+                y_val,
+                report if family.prunable else None,
+            )
+        except optuna.TrialPruned:  # tracked too: a reviewer sees every configuration that was tried
+            log_nested_run(
+                client,
+                experiment_id,
+                parent_run_id,
+                f"{family.name}-trial-{trial.number}",
+                params,
+                reported,
+                {**tags, "trial_state": "pruned"},
+            )
+            raise
         metrics = task.score(y_val, model, X_val)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("best_iteration", getattr(model, "best_rounds_", None))
-        trial.set_user_attr("worker_pid", os.getpid())
         log_nested_run(
             client,
             experiment_id,
@@ -273,12 +293,7 @@ def objective(
             f"{family.name}-trial-{trial.number}",
             params,
             metrics,
-            {
-                "family": family.name,
-                "optuna_trial": str(trial.number),
-                "data_fingerprint": prepared.fingerprint,
-                "run_kind": "trial",
-            },
+            {**tags, "trial_state": "complete"},
         )
         return metrics[task.metric]
 

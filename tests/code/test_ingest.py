@@ -47,7 +47,13 @@ def test_long_export_loads_with_its_own_headers_codes_and_scale() -> None:
     students = district.students
     assert district.years == [2021, 2022, 2023]
     assert district.subject_names == ["math", "reading"]
-    assert sorted(students["student_id"].astype(str).unique()) == ["00012", "00034", "00056", "00078", "00090"]
+    assert sorted(students["student_id"].astype(str).unique()) == [
+        "00012",
+        "00034",
+        "00056",
+        "00078",
+        "00090",
+    ]
     row = students[(students["student_id"] == "00078") & (students["school_year"] == 2022)].iloc[0]
     assert row["grade"] == "05" and row["score_math"] == 545 and row["gender"] == "F"
     assert row["econ_disadvantaged"] == 0.0 and row["days_absent"] == 2.0
@@ -55,15 +61,20 @@ def test_long_export_loads_with_its_own_headers_codes_and_scale() -> None:
     # Grade 5 math cuts are 440 (Proficient) and 540 (Advanced): 545 is Advanced, so proficient.
     assert row["level_math"] == "Advanced" and row["proficient_math"] == 1.0
     below = students[(students["student_id"] == "00012") & (students["school_year"] == 2021)].iloc[0]
-    assert below["score_reading"] == 395 and below["level_reading"] == "Below" and below["proficient_reading"] == 0.0
+    assert (
+        below["score_reading"] == 395
+        and below["level_reading"] == "Below"
+        and below["proficient_reading"] == 0.0
+    )
     untested = students[(students["student_id"] == "00090") & (students["school_year"] == 2021)].iloc[0]
     assert np.isnan(untested["score_reading"]) and np.isnan(untested["proficient_reading"])
 
 
 def test_every_unusual_history_gets_its_documented_status() -> None:
     pairs = growth_pairs(load_district(FIXTURE / "district.toml"))
-    status = {(r.student_id, r.school_year): (r.pair_status_math, r.pair_status_reading)
-              for r in pairs.itertuples()}
+    status = {
+        (r.student_id, r.school_year): (r.pair_status_math, r.pair_status_reading) for r in pairs.itertuples()
+    }
     assert status[("00012", 2022)] == ("ok", "ok")
     assert status[("00034", 2022)] == ("repeated_grade", "repeated_grade")  # grade 4 twice
     assert status[("00034", 2023)] == ("ok", "ok")
@@ -80,17 +91,23 @@ def test_wide_and_parquet_exports_give_the_same_table(district_dir: Path) -> Non
     long = load_district(FIXTURE / "district.toml").students
     for path in sorted(district_dir.glob("scores_*.csv")):
         frame = pd.read_csv(path, dtype=str)
-        wide = frame.pivot_table(index=[c for c in frame.columns if c not in ("Content", "Scale Score")],
-                                 columns="Content", values="Scale Score", aggfunc="first").reset_index()
+        wide = frame.pivot_table(
+            index=[c for c in frame.columns if c not in ("Content", "Scale Score")],
+            columns="Content",
+            values="Scale Score",
+            aggfunc="first",
+        ).reset_index()
         wide.columns.name = None
         wide.rename(columns={"MA": "Math SS", "ELA": "ELA SS"}).to_parquet(path.with_suffix(".parquet"))
         path.unlink()
     config = (district_dir / "district.toml").read_text()
-    config = config.replace('format = "long"', 'format = "wide"').replace('records = ["scores_*.csv"]',
-                                                                          'records = ["scores_*.parquet"]')
+    config = config.replace('format = "long"', 'format = "wide"').replace(
+        'records = ["scores_*.csv"]', 'records = ["scores_*.parquet"]'
+    )
     config = config.replace('subject = "Content"\n', "").replace('scale_score = "Scale Score"\n', "")
-    config = config.replace('codes = ["MA"]', 'score_column = "Math SS"').replace('codes = ["ELA"]',
-                                                                                  'score_column = "ELA SS"')
+    config = config.replace('codes = ["MA"]', 'score_column = "Math SS"').replace(
+        'codes = ["ELA"]', 'score_column = "ELA SS"'
+    )
     (district_dir / "district.toml").write_text(config)
     wide = load_district(district_dir / "district.toml").students
     columns = ["student_id", "school_year", "grade", "score_math", "score_reading", "proficient_math"]
@@ -113,9 +130,11 @@ def test_duplicates_are_an_error_naming_the_rows_unless_a_rule_is_given(district
     text = messages(err.value)
     assert "scores_2023.csv, rows 1, 9, column 'student_id'" in text
     assert "one row per student, subject and school year" in text and 'duplicates = "highest_score"' in text
-    edit(district_dir / "district.toml", 'grades = [', 'duplicates = "highest_score"\ngrades = [')
+    edit(district_dir / "district.toml", "grades = [", 'duplicates = "highest_score"\ngrades = [')
     district = load_district(district_dir / "district.toml")
-    kept = district.students[(district.students["student_id"] == "00012") & (district.students["school_year"] == 2023)]
+    kept = district.students[
+        (district.students["student_id"] == "00012") & (district.students["school_year"] == 2023)
+    ]
     assert kept["score_math"].item() == 490
     assert district.summary.duplicate_groups == 1 and district.summary.duplicate_rows_dropped == 1
     assert any("rule 'highest_score' dropped 1 row" in line for line in district.summary.lines())
@@ -125,19 +144,27 @@ def test_duplicates_are_an_error_naming_the_rows_unless_a_rule_is_given(district
 
 
 def test_unmapped_code_names_file_row_column_and_config_key(district_dir: Path) -> None:
-    edit(district_dir / "scores_2022.csv", "00056,2021-22,MA,06,600,0202,Girl", "00056,2021-22,MA,06,600,0202,Nonbinary")
+    edit(
+        district_dir / "scores_2022.csv",
+        "00056,2021-22,MA,06,600,0202,Girl",
+        "00056,2021-22,MA,06,600,0202,Nonbinary",
+    )
     with pytest.raises(ContractError) as err:
         load_district(district_dir / "district.toml")
-    assert ("scores_2022.csv, row 5, column 'Gender': expected a code listed in the config (key "
-            "'values.gender') that maps to one of F, M, X; found 'Nonbinary'") in messages(err.value)
+    assert (
+        "scores_2022.csv, row 5, column 'Gender': expected a code listed in the config (key "
+        "'values.gender') that maps to one of F, M, X; found 'Nonbinary'"
+    ) in messages(err.value)
 
 
 def test_score_outside_the_declared_scale(district_dir: Path) -> None:
     edit(district_dir / "scores_2021.csv", "00034,2020-21,MA,04,430", "00034,2020-21,MA,04,930")
     with pytest.raises(ContractError) as err:
         load_district(district_dir / "district.toml")
-    assert ("scores_2021.csv, row 3, column 'Scale Score': expected a Math score in grade 04 within the declared "
-            "scale 200 to 800 (config key 'subjects.math.scale'); found '930'") in messages(err.value)
+    assert (
+        "scores_2021.csv, row 3, column 'Scale Score': expected a Math score in grade 04 within the declared "
+        "scale 200 to 800 (config key 'subjects.math.scale'); found '930'"
+    ) in messages(err.value)
 
 
 def test_unknown_grade_and_subject_codes(district_dir: Path) -> None:
@@ -147,7 +174,10 @@ def test_unknown_grade_and_subject_codes(district_dir: Path) -> None:
         load_district(district_dir / "district.toml")
     text = messages(err.value)
     assert "scores_2022.csv, row 9, column 'Grade': expected one of the grades 03, 04, 05, 06, 07, 08" in text
-    assert "scores_2022.csv, row 10, column 'Content': expected a subject code listed in a [subjects.*] codes" in text
+    assert (
+        "scores_2022.csv, row 10, column 'Content': expected a subject code listed in a [subjects.*] codes"
+        in text
+    )
     assert "found 'SCI'" in text
 
 
@@ -155,19 +185,24 @@ def test_school_missing_from_the_schools_file(district_dir: Path) -> None:
     edit(district_dir / "scores_2023.csv", "00078,2022-23,MA,06,575,0202", "00078,2022-23,MA,06,575,0303")
     with pytest.raises(ContractError) as err:
         load_district(district_dir / "district.toml")
-    assert "scores_2023.csv, row 7, column 'School Code': expected a school listed in schools.csv; found '0303'" in (
-        messages(err.value))
+    assert (
+        "scores_2023.csv, row 7, column 'School Code': expected a school listed in schools.csv; found '0303'"
+        in (messages(err.value))
+    )
 
 
-# --------------------------------------------------------------------------- bad configs: file, key, expectation
+# ---------------------------------------------------------------- bad configs: file, key, expectation
 
 
 def test_unknown_key_names_the_key_and_what_is_allowed(district_dir: Path) -> None:
-    edit(district_dir / "district.toml", "[school_columns]", "[school_columns]\ncolour = \"x\"")
+    edit(district_dir / "district.toml", "[school_columns]", '[school_columns]\ncolour = "x"')
     with pytest.raises(ConfigError) as err:
         load_config(district_dir / "district.toml")
-    assert "key 'school_columns.colour': an unknown key; allowed here: budget, level, school_id, school_name, size, type" in (
-        messages(err.value))
+    assert (
+        "key 'school_columns.colour': an unknown key; allowed here: "
+        "budget, level, school_id, school_name, size, type"
+        in (messages(err.value))
+    )
     assert str(district_dir / "district.toml") in messages(err.value)
 
 
@@ -175,15 +210,19 @@ def test_mapped_column_missing_from_a_file(district_dir: Path) -> None:
     edit(district_dir / "district.toml", 'gender = "Gender"', 'gender = "Sex"')
     with pytest.raises(ConfigError) as err:
         load_district(district_dir / "district.toml")
-    assert ("key 'columns.gender': column 'Sex' is not in scores_2021.csv; its columns are Student Identifier, "
-            "Test Year, Content") in messages(err.value)
+    assert (
+        "key 'columns.gender': column 'Sex' is not in scores_2021.csv; its columns are Student Identifier, "
+        "Test Year, Content"
+    ) in messages(err.value)
 
 
 def test_cut_scores_must_match_the_levels(district_dir: Path) -> None:
     edit(district_dir / "district.toml", '"04" = [420, 520]', '"04" = [420]')
     with pytest.raises(ConfigError) as err:
         load_config(district_dir / "district.toml")
-    assert ("key 'subjects.math.cuts.04': 2 cut scores (one per level above 'Below'); found 1") in messages(err.value)
+    assert ("key 'subjects.math.cuts.04': 2 cut scores (one per level above 'Below'); found 1") in messages(
+        err.value
+    )
 
 
 def test_top_level_key_written_inside_a_table_gets_a_hint(district_dir: Path) -> None:
@@ -193,11 +232,14 @@ def test_top_level_key_written_inside_a_table_gets_a_hint(district_dir: Path) ->
     with pytest.raises(ConfigError) as err:
         load_config(district_dir / "district.toml")
     text = messages(err.value)
-    assert "key 'values.gender.grades': 'grades' is a top-level key: write it before the first [table] header" in text
+    assert (
+        "key 'values.gender.grades': 'grades' is a top-level key: write it before the first [table] header"
+        in text
+    )
 
 
 def test_cli_exits_1_with_the_config_problem_and_no_traceback(district_dir: Path) -> None:
-    edit(district_dir / "district.toml", 'grades = [', 'duplicates = "first"\ngrades = [')
+    edit(district_dir / "district.toml", "grades = [", 'duplicates = "first"\ngrades = [')
     result = CliRunner().invoke(app, ["validate", "--config", str(district_dir / "district.toml")])
     assert result.exit_code == 1
     assert "key 'duplicates': 'error', 'highest_score' or 'last'; found 'first'" in result.output

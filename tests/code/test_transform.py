@@ -31,8 +31,9 @@ def records(frame: pd.DataFrame) -> list[dict]:
 def test_batch_and_single_records_give_identical_features(prepared) -> None:
     inputs = prepared.inputs("test").head(200)
     batch = prepared.transform.transform(inputs)
-    singles = np.vstack([prepared.transform.transform(columns_of([r], prepared.input_columns))
-                         for r in records(inputs)])
+    singles = np.vstack(
+        [prepared.transform.transform(columns_of([r], prepared.input_columns)) for r in records(inputs)]
+    )
     assert batch.shape == (200, len(prepared.transform.feature_names_))
     assert np.array_equal(batch, singles)
     assert np.isfinite(batch).all()
@@ -44,8 +45,10 @@ def test_target_year_scores_never_reach_the_features(prepared) -> None:
     for column in [c for c in frame.columns if c.startswith("score_") or c.endswith("_growth")]:
         frame[column] = np.random.default_rng(0).permutation(frame[column].to_numpy())
     assert np.array_equal(before, prepared.transform.transform(frame))
-    assert not any(n.startswith("score_") or n.endswith("_growth") and not n.startswith("school_")
-                   for n in prepared.transform.feature_names_)
+    assert not any(
+        n.startswith("score_") or n.endswith("_growth") and not n.startswith("school_")
+        for n in prepared.transform.feature_names_
+    )
 
 
 def test_school_features_come_from_the_year_before_only(long_district: Path) -> None:
@@ -58,13 +61,17 @@ def test_school_features_come_from_the_year_before_only(long_district: Path) -> 
     rows = scrambled["school_year"] == last
     rng = np.random.default_rng(1)
     for subject in district.subject_names:
-        scrambled.loc[rows, f"score_{subject}"] = rng.permutation(scrambled.loc[rows, f"score_{subject}"].to_numpy())
+        scrambled.loc[rows, f"score_{subject}"] = rng.permutation(
+            scrambled.loc[rows, f"score_{subject}"].to_numpy()
+        )
     district.students = scrambled
     table2 = school_year_table(scrambled, district.schools, district.subject_names, growth_pairs(district))
     earlier = table.index.get_level_values("school_year") < last
     numeric = table.select_dtypes("number").columns
     pd.testing.assert_frame_equal(table.loc[earlier, numeric], table2.loc[earlier, numeric])
-    assert not table.loc[~earlier, numeric].equals(table2.loc[~earlier, numeric])  # the year itself did change
+    assert not table.loc[~earlier, numeric].equals(
+        table2.loc[~earlier, numeric]
+    )  # the year itself did change
 
 
 def test_unseen_school_gets_that_years_district_row_and_is_flagged(prepared) -> None:

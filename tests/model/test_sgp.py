@@ -461,13 +461,20 @@ def test_knots_from_a_table_are_the_ones_used(district: pd.DataFrame) -> None:
     table = district_knots(wide, pd.Series(["3"] * len(wide)))
     table.update(district_knots(cohort["prior2_score"], pd.Series(["2"] * len(cohort))))
     out = student_growth_percentiles(
-        cohort, "score", PRIORS, ["school_year", "grade"], workers=1,
-        knot_keys=["prior_grade", "prior2_grade"], knot_table=table,
+        cohort,
+        "score",
+        PRIORS,
+        ["school_year", "grade"],
+        workers=1,
+        knot_keys=["prior_grade", "prior2_grade"],
+        knot_table=table,
     )
     rows = cohort["prior_score"].notna() & cohort["score"].notna()
     direct = fit_cohort(
-        cohort.loc[rows, "score"].to_numpy(float), cohort.loc[rows, ["prior_score"]].to_numpy(float),
-        knots=[table["3"][0]], boundaries=[table["3"][1]],
+        cohort.loc[rows, "score"].to_numpy(float),
+        cohort.loc[rows, ["prior_score"]].to_numpy(float),
+        knots=[table["3"][0]],
+        boundaries=[table["3"][1]],
     )
     expected = direct.growth_percentiles(
         cohort.loc[rows, "score"].to_numpy(float), cohort.loc[rows, ["prior_score"]].to_numpy(float)
@@ -476,4 +483,6 @@ def test_knots_from_a_table_are_the_ones_used(district: pd.DataFrame) -> None:
     plain = student_growth_percentiles(cohort, "score", PRIORS, ["school_year", "grade"], workers=1)
     assert (plain.loc[rows, "sgp_order_1"] != out.loc[rows, "sgp_order_1"]).any()
     with pytest.raises(ValueError, match="one column per prior"):
-        student_growth_percentiles(cohort, "score", PRIORS, ["grade"], knot_keys=["prior_grade"], knot_table=table)
+        student_growth_percentiles(
+            cohort, "score", PRIORS, ["grade"], knot_keys=["prior_grade"], knot_table=table
+        )

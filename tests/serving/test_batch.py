@@ -16,8 +16,9 @@ from pipelines.cli import app
 @pytest.fixture(scope="module")
 def forecast(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("predict") / "predictions.parquet"
-    result = CliRunner().invoke(app, ["predict", "--config", str(trained.district / "district.toml"),
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["predict", "--config", str(trained.district / "district.toml"), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -32,7 +33,10 @@ def test_forecast_scores_every_student_or_says_why_not(trained, forecast: Path) 
     assert len(scored) + len(side) == latest["student_id"].nunique()
     assert not set(scored["student_id"]) & set(side["student_id"])
     top_grade = data.district.grades[-1]
-    assert (side.loc[side["current_grade"] == top_grade, "reason"] == "no next grade (the last grade of the config)").all()
+    assert (
+        side.loc[side["current_grade"] == top_grade, "reason"]
+        == "no next grade (the last grade of the config)"
+    ).all()
     assert (side["current_grade"] == top_grade).any()
     assert scored["school_year"].eq(data.district.years[-1] + 1).all()
     for subject in ("math", "reading"):
@@ -47,8 +51,10 @@ def test_forecast_scores_every_student_or_says_why_not(trained, forecast: Path) 
 def test_historical_year_adds_actual_growth_and_sgp_and_lists_the_unscorable(trained, tmp_path: Path) -> None:
     out = tmp_path / "year.csv"
     year = "2025"
-    result = CliRunner().invoke(app, ["predict", "--config", str(trained.district / "district.toml"),
-                                      "--year", year, "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        ["predict", "--config", str(trained.district / "district.toml"), "--year", year, "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     scored = pd.read_csv(out, dtype={"student_id": str})
     side = pd.read_csv(tmp_path / "year_unscored.csv", dtype=str)
@@ -79,14 +85,22 @@ def test_batch_file_equals_the_http_logic_for_the_same_records(trained, forecast
                 assert np.isnan(row[f"{subject}_predicted_growth"])
                 continue
             assert prediction[subject]["predicted_growth"] == row[f"{subject}_predicted_growth"]
-            assert prediction[subject]["growth_interval"] == [row[f"{subject}_growth_low"], row[f"{subject}_growth_high"]]
-            assert prediction[subject]["needs_support_probability"] == row[f"{subject}_needs_support_probability"]
+            assert prediction[subject]["growth_interval"] == [
+                row[f"{subject}_growth_low"],
+                row[f"{subject}_growth_high"],
+            ]
+            assert (
+                prediction[subject]["needs_support_probability"]
+                == row[f"{subject}_needs_support_probability"]
+            )
 
 
 def test_predict_refuses_a_bad_output_name_and_a_year_outside_the_data(trained, tmp_path: Path) -> None:
     config = str(trained.district / "district.toml")
     result = CliRunner().invoke(app, ["predict", "--config", config, "--out", str(tmp_path / "p.xlsx")])
     assert result.exit_code == 1 and "--out must end in .parquet or .csv" in result.output
-    result = CliRunner().invoke(app, ["predict", "--config", config, "--year", "1990", "--out", str(tmp_path / "p.csv")])
+    result = CliRunner().invoke(
+        app, ["predict", "--config", config, "--year", "1990", "--out", str(tmp_path / "p.csv")]
+    )
     assert result.exit_code == 1 and "--year 1990" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "p.csv").exists()

@@ -103,7 +103,9 @@ def test_single_record_equals_the_in_process_predictor(server: Server, predictor
         entry = prediction[subject]
         low, high = entry["growth_interval"]
         assert low < entry["predicted_growth"] < high
-        assert entry["predicted_score"] == pytest.approx(records[0][f"prior_{subject}_score"] + entry["predicted_growth"])
+        assert entry["predicted_score"] == pytest.approx(
+            records[0][f"prior_{subject}_score"] + entry["predicted_growth"]
+        )
         assert 0 <= entry["needs_support_probability"] <= 1
     kinds = {(m["subject"], m["kind"]) for m in body["models"]}
     assert kinds == {(s, k) for s in ("math", "reading") for k in ("growth", "support")}
@@ -145,11 +147,16 @@ def test_unseen_school_and_missing_prior_are_answered_with_warnings(server: Serv
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["predictions"][2]["reading"] is None and body["predictions"][2]["math"] is not None
-    assert any("school 'no-such-school' unknown to the model" in w and w.startswith("record 1") for w in body["warnings"])
+    assert any(
+        "school 'no-such-school' unknown to the model" in w and w.startswith("record 1")
+        for w in body["warnings"]
+    )
     assert any(w.startswith("record 2: no prior_reading_score") for w in body["warnings"])
     known = server.predict({"students": [records[1]]}).json()["predictions"][0]["math"]
-    widths = [p["math"]["growth_interval"][1] - p["math"]["growth_interval"][0] for p in
-              (body["predictions"][1], {"math": known})]
+    widths = [
+        p["math"]["growth_interval"][1] - p["math"]["growth_interval"][0]
+        for p in (body["predictions"][1], {"math": known})
+    ]
     assert widths[0] > widths[1]  # an unseen school gets a wider interval
 
 
@@ -157,8 +164,12 @@ def test_models_lists_what_is_served(server: Server, trained) -> None:
     body = server.client.get("/models").json()
     assert body["subjects"] == ["math", "reading"]
     names = {m["name"] for m in body["models"]}
-    assert names == {"student-growth-math", "student-growth-math-support", "student-growth-reading",
-                     "student-growth-reading-support"}
+    assert names == {
+        "student-growth-math",
+        "student-growth-math-support",
+        "student-growth-reading",
+        "student-growth-reading-support",
+    }
     growth = {m["subject"]: m for m in body["models"] if m["kind"] == "growth"}
     for subject in ("math", "reading"):
         assert growth[subject]["registry_version"] == trained.results[subject]["growth"]["version"]
@@ -170,20 +181,35 @@ def valid(records: list[dict], **changes: object) -> dict:
 
 
 BAD_REQUESTS = {
-    "missing field": (lambda r: {"students": [valid(r), {k: v for k, v in valid(r).items() if k != "grade"}]},
-                      "record 1, field 'grade': Field required"),
-    "wrong type": (lambda r: {"students": [valid(r, prior_math_score="high")]},
-                   "record 0, field 'prior_math_score': Input should be a valid number"),
-    "score off the scale": (lambda r: {"students": [valid(r), valid(r, prior_reading_score=4000.0)]},
-                            "record 1, field 'prior_reading_score': Input should be less than or equal to 950"),
-    "unknown grade": (lambda r: {"students": [valid(r, grade="13")]}, "record 0, field 'grade': Input should be"),
-    "unknown field": (lambda r: {"students": [valid(r, shoe_size=42)]},
-                      "record 0, field 'shoe_size': Extra inputs are not permitted"),
-    "no prior at all": (lambda r: {"students": [valid(r, prior_math_score=None, prior_reading_score=None)]},
-                        "record 0: needs at least one of prior_math_score, prior_reading_score"),
+    "missing field": (
+        lambda r: {"students": [valid(r), {k: v for k, v in valid(r).items() if k != "grade"}]},
+        "record 1, field 'grade': Field required",
+    ),
+    "wrong type": (
+        lambda r: {"students": [valid(r, prior_math_score="high")]},
+        "record 0, field 'prior_math_score': Input should be a valid number",
+    ),
+    "score off the scale": (
+        lambda r: {"students": [valid(r), valid(r, prior_reading_score=4000.0)]},
+        "record 1, field 'prior_reading_score': Input should be less than or equal to 950",
+    ),
+    "unknown grade": (
+        lambda r: {"students": [valid(r, grade="13")]},
+        "record 0, field 'grade': Input should be",
+    ),
+    "unknown field": (
+        lambda r: {"students": [valid(r, shoe_size=42)]},
+        "record 0, field 'shoe_size': Extra inputs are not permitted",
+    ),
+    "no prior at all": (
+        lambda r: {"students": [valid(r, prior_math_score=None, prior_reading_score=None)]},
+        "record 0: needs at least one of prior_math_score, prior_reading_score",
+    ),
     "empty list": (lambda r: {"students": []}, "field 'students': the list is empty"),
-    "too many records": (lambda r: {"students": [valid(r)] * (MAX_RECORDS + 1)},
-                         f"{MAX_RECORDS + 1} records; at most {MAX_RECORDS} per request"),
+    "too many records": (
+        lambda r: {"students": [valid(r)] * (MAX_RECORDS + 1)},
+        f"{MAX_RECORDS + 1} records; at most {MAX_RECORDS} per request",
+    ),
     "no students key": (lambda r: {"records": [valid(r)]}, "field 'students': Field required"),
     "body not an object": (lambda r: [valid(r)], "the request body must be a JSON object"),
 }
@@ -200,10 +226,13 @@ def test_bad_input_gets_400_naming_record_and_field(server: Server, records, cas
     assert any(message in d for d in body["detail"]), body
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+)
 def test_malformed_json_gets_400_whatever_the_content_type(server: Server, content_type: str) -> None:
-    response = server.client.post("/predict", content=b'{"students": [{"student_id": 1,',
-                                  headers={"Content-Type": content_type})
+    response = server.client.post(
+        "/predict", content=b'{"students": [{"student_id": 1,', headers={"Content-Type": content_type}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("malformed JSON")
 
@@ -228,7 +257,9 @@ def test_documented_schemas_match_what_is_returned(server: Server, records) -> N
     error = schemas["ErrorResponse"]
     assert error["properties"]["detail"]["type"] == "array"
     assert error["properties"]["detail"]["items"]["type"] == "string"
-    assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    assert post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse"
+    )
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert set(schemas[ok]["properties"]) == set(server.predict({"students": [records[0]]}).json())
     example = post["requestBody"]["content"]["application/json"]["schema"]
@@ -257,18 +288,42 @@ def test_schemathesis_finds_no_failure(server: Server) -> None:
     if st is None:
         st = str(Path(sys.executable).parent / "schemathesis")
     result = subprocess.run(
-        [st, "run", f"{server.url}/docs.json", "--url", server.url, "--checks", "all",
-         "--max-examples", "150", "--request-timeout", "30", "--seed", "1", "--no-color",
-         "--include-path-regex", "^/(predict|models)$"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"},
+        [
+            st,
+            "run",
+            f"{server.url}/docs.json",
+            "--url",
+            server.url,
+            "--checks",
+            "all",
+            "--max-examples",
+            "150",
+            "--request-timeout",
+            "30",
+            "--seed",
+            "1",
+            "--no-color",
+            "--include-path-regex",
+            "^/(predict|models)$",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 def test_serve_refuses_to_start_without_a_champion(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "empty-store")}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "serve", "--port", str(free_port())],
-                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "no champion model in the BentoML model store" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
