@@ -1085,7 +1085,7 @@ def truth_box(checks: Sequence[TruthCheck], c: GrowthComputed) -> Box | None:
                 "View": "A (headline)" if check.view == "A" else "B (similar intakes)",
                 "Compared with": "true effect including peers"
                 if check.truth == "effect_with_peers"
-                else "true effect of the school alone",
+                else "the same, net of what intake predicts",
                 "Schools": check.schools,
                 "Correlation": check.correlation,
                 "90% interval coverage": 100.0 * check.coverage,
@@ -1103,9 +1103,8 @@ def truth_box(checks: Sequence[TruthCheck], c: GrowthComputed) -> Box | None:
             "are compared with them, centred like the estimates (against the average school of the same "
             "grades and years). Coverage is the share of schools whose 90% interval contains the true "
             "effect; about 90% is what honest intervals give.",
-            "View B removes everything that goes with a school's intake, including the part of a school's "
-            "own effect that happens to go with its intake, so it is not expected to cover the effect of the "
-            "school alone when effects and intakes are related; its correlation is the figure to read.",
+            "View B estimates what a school adds beyond what schools with the same intake add, so it is "
+            "compared with the true effect net of what intake predicts across the district's schools.",
         ),
         table=table,
         css="truth",

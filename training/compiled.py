@@ -338,8 +338,9 @@ class _LightGBM:
             config = self._fast_config(dtype)
             predict = self._c["LGBM_BoosterPredictForMatSingleRowFast"]
             data, step, result, count = X.ctypes.data, X.strides[0], out.ctypes.data, ctypes.byref(written)
-            for i in range(n):
-                _check(predict(config, data + i * step, count, result + 8 * i))
+            with self._lock:  # a FastConfig holds one row buffer: one caller at a time
+                for i in range(n):
+                    _check(predict(config, data + i * step, count, result + 8 * i))
             return out
         threads = 1 if n < SMALL_THREADS else 0  # 0: OpenMP's default
         _check(

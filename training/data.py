@@ -21,7 +21,7 @@ from features.transform import GrowthTransform, model_input_columns
 
 PROTECTED = ("gender", "econ_disadvantaged", "english_learner", "special_education")
 # Bumped when the model's features change meaning, so studies tuned on the old features are not reused.
-FEATURES_VERSION = "2"
+FEATURES_VERSION = "3"
 VA_YEARS = 3  # a school's value-added feature pools its growth pairs of up to this many years
 
 
@@ -118,11 +118,14 @@ def school_value_added_features(data: DistrictData) -> pd.DataFrame:
 
 
 def model_school_columns(subjects: list[str], table: pd.DataFrame) -> list[str]:
-    """The school-year columns a growth model uses: each subject's value-added and its peer context
-    (the school's mean within-grade z of last year's scores). Type and level, when known, are added by
-    the transform."""
+    """The school-year columns a growth model uses: each subject's value-added, its peer context (the
+    school's mean within-grade z of last year's scores) and the two stable attributes that predict a
+    school's effect where its history is short (enrolment, per-student budget when the schools table has
+    budgets). Type and level, when known, are added by the transform. Measured against the dozen raw
+    aggregates used before (docs/tuning.md)."""
     columns = [va_column(s) for s in subjects] + [f"mean_{z_column(s)}" for s in subjects]
-    return [c for c in columns if c in table.columns]
+    columns += ["total_students", "per_student_budget"]
+    return [c for c in columns if c in table.columns and table[c].notna().any()]
 
 
 def load_data(source: Source, progress: bool = False) -> DistrictData:

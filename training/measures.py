@@ -189,20 +189,23 @@ def va_truth(
         joined = rows.merge(mine, on=["school_id", "school_year"], how="inner")
         level = joined["grade"] + "|" + joined["school_year"].astype(str)
         table = result.table[~result.table["suppressed"]].set_index("school_id")
-        for view, suffix, target in (("A", "", "effect_with_peers"), ("B", "_b", "effect")):
+        for view, suffix, target in (("A", "", "effect_with_peers"), ("B", "_b", "effect_with_peers")):
             centred = joined[target] - joined.groupby(level)[target].transform("mean")
             true = centred.groupby(joined["school_id"]).mean()
             both = table.join(true.rename("truth"), how="inner")
             if view == "B":  # view B estimates the effect net of what intake predicts: so is its truth
                 both["truth"] = net_of_intake(
-                    both["truth"], both[[c for c in both if c.startswith("intake_")]], both["n"]
+                    both["truth"],
+                    both[[c for c in both if c.startswith("intake_")]],
+                    1.0 / (result.tau_b**2 + both["fe_se"] ** 2),
+                    both["n"],
                 )
             inside = (both["truth"] >= both[f"low{suffix}"]) & (both["truth"] <= both[f"high{suffix}"])
             checks.append(
                 TruthCheck(
                     subject,
                     view,
-                    target if view == "A" else "effect net of intake",
+                    target if view == "A" else "effect_with_peers net of intake",
                     len(both),
                     float(both[f"estimate{suffix}"].corr(both["truth"])),
                     float(inside.mean()),
@@ -211,12 +214,18 @@ def va_truth(
     return checks
 
 
-def net_of_intake(truth: pd.Series, intake: pd.DataFrame, weights: pd.Series) -> pd.Series:
-    """The residual of a student-weighted regression of the true effects on the schools' intake."""
+def net_of_intake(
+    truth: pd.Series, intake: pd.DataFrame, weights: pd.Series, students: pd.Series
+) -> pd.Series:
+    """The true effects net of intake, computed as view B computes its estimate: the residual of a
+    regression on the schools' intake with the estimator's GLS weights (1 / (tau_B^2 + se^2)), re-centred
+    on the student-weighted mean. (Weighting the truth otherwise, e.g. by students, would compare view B
+    with another estimand and show a bias the estimator does not have.)"""
     design = np.column_stack([np.ones(len(truth)), intake.to_numpy(dtype=float)])
     root = np.sqrt(weights.to_numpy(dtype=float))
     beta = np.linalg.lstsq(design * root[:, None], truth.to_numpy() * root, rcond=None)[0]
-    return truth - design @ beta
+    residual = truth - design @ beta
+    return residual - np.average(residual, weights=students.to_numpy(dtype=float))
 
 
 def status_summary(data: DistrictData, year: int) -> pd.DataFrame:
