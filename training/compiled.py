@@ -19,10 +19,10 @@ before a single record is scored. Serving instead evaluates the fitted state dir
   matrix, scikit-learn keeps float32 coefficients and computes the head in float32 through BLAS,
   whose rounding depends on the batch size (~1e-6 between one row and many): here the same
   coefficients are applied in float64.
-- The Keras MLP: its dense layers in float32, with rows processed in zero-padded blocks of
-  ``KERAS_BLOCK`` so every matrix product has the same shape whatever the batch size (a BLAS
-  product's rounding depends on its shape: ``KerasMLPRegressor.predict`` itself differs by about
-  1e-5 between one row and a batch). Within float32 rounding of Keras' own forward pass.
+- The Keras MLP: ``KerasMLPRegressor``'s own numpy forward pass (``training.keras_mlp.dense_forward``),
+  which processes rows in zero-padded blocks of ``BLOCK`` rows so every matrix product has the same
+  shape whatever the batch size (a BLAS product's rounding depends on its shape). Within float32
+  rounding of Keras' own forward pass.
 - An ensemble (``AveragedRegressor``): its members' evaluators, averaged as it does.
 - ExtraTrees: the trees summed in a fixed order (scikit-learn sums them in thread completion order).
 - The isotonic calibration map: ``interp1d``'s arithmetic on the fitted thresholds (bit-identical
@@ -49,8 +49,8 @@ CACHE = "_compiled"
 SINGLE_ROWS = 16  # LightGBM: up to this many rows one at a time through the single-row fast path
 SMALL_THREADS = 256  # LightGBM: below this many rows, one thread (no OpenMP start-up)
 SMALL_BATCH = 64  # up to this many rows: per-element missing-value tests, spline intervals by comparison
-CHUNK_ROWS = 4096  # row-wise evaluators take large batches in blocks of this size (a KERAS_BLOCK multiple)
-KERAS_BLOCK = 8  # rows per matrix product of the Keras evaluator (fixed: results independent of n)
+CHUNK_ROWS = 4096  # row-wise evaluators take large batches in blocks of this size (a multiple of
+# training.keras_mlp.BLOCK, the rows per matrix product of the Keras forward pass)
 
 Evaluator = Callable[[np.ndarray], np.ndarray]
 
@@ -633,7 +633,7 @@ def _spline_linear(pipeline: Any, proba: bool) -> _SplineLinear | None:
 
 # ---------------------------------------------------------------- Keras MLP (numpy weights)
 class _Keras:
-    """``KerasMLPRegressor``'s dense ReLU layers in float32, KERAS_BLOCK rows per matrix product."""
+    """``KerasMLPRegressor``'s dense ReLU layers (its own forward pass, on the weights held here)."""
 
     def __init__(self, estimator: Any):
         self.layers = [
@@ -659,16 +659,9 @@ class _Keras:
         return _by_rows(self._forward, X, CHUNK_ROWS)
 
     def _forward(self, X: np.ndarray) -> np.ndarray:
-        n = len(X)
-        blocks = -(-n // KERAS_BLOCK)
-        h = np.zeros((blocks * KERAS_BLOCK, X.shape[1]), dtype=np.float32)
-        h[:n] = X
-        h = h.reshape(blocks, KERAS_BLOCK, X.shape[1])
-        *hidden, (w_out, b_out) = self.layers
-        for w, b in hidden:
-            h = np.maximum(h @ w + b, np.float32(0.0))  # the same product shape for every batch size
-        raw = np.add.reduce(h * w_out[:, 0], axis=-1) + b_out[0]  # one output unit: a row-wise sum
-        return raw.reshape(-1)[:n].astype(float) * self.y_std + self.y_mean
+        from training.keras_mlp import dense_forward  # the estimator's own forward pass: one definition
+
+        return dense_forward(self.layers, X) * self.y_std + self.y_mean
 
 
 # ---------------------------------------------------------------- ensembles and forests

@@ -198,7 +198,9 @@ class IntervalModel:
         bucket = self.quantiles[bucket_of(n_missing, unseen)]
         if self.group_coef is None or self.groups is None or X is None:
             return bucket
-        q = self.groups.matrix(X, n_missing, unseen) @ self.group_coef
+        # an element-wise product and a row-wise sum: a row's multiplier does not depend on the batch
+        # (a BLAS matrix-vector product's rounding does)
+        q = np.add.reduce(self.groups.matrix(X, n_missing, unseen) * self.group_coef, axis=1)
         return np.maximum(q, 0.05 * bucket)  # a rare combination of indicators never gets a vanishing width
 
     def halfwidth(

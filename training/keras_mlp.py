@@ -137,14 +137,14 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The trained network's forward pass in numpy (dense layers and ReLU; dropout is off at
-        inference): the same float32 arithmetic as Keras, without TensorFlow's per-call overhead, so a
-        single record costs microseconds and a served model never imports TensorFlow."""
-        h = np.asarray(X, dtype=np.float32)
-        *hidden, (w_out, b_out) = self.dense_
-        for w, b in hidden:
-            h = np.maximum(h @ w + b, 0.0)
-        raw = h @ w_out + b_out
-        return raw.ravel().astype(float) * self.y_std_ + self.y_mean_
+        inference; ``dense_forward``): the same float32 arithmetic as Keras, without TensorFlow's per-call
+        overhead, so a single record costs microseconds, a served model never imports TensorFlow, and a
+        row gets the same number alone or in a batch."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dense_[0][0].shape[0]:
+            expected = self.dense_[0][0].shape[0]
+            raise ValueError(f"expected a matrix of {expected} features; got shape {X.shape}")
+        return dense_forward(self.dense_, X) * self.y_std_ + self.y_mean_
 
     def __getstate__(self) -> dict:
         """Pickle the weights, not the Keras model: loading a saved model needs numpy only."""
@@ -157,6 +157,24 @@ class KerasMLPRegressor(BaseEstimator, RegressorMixin):
         self.__dict__.update(state)
         if "dense_" not in state and "model_" in state:
             self.dense_ = dense_weights(state["model_"])
+
+
+BLOCK = 8  # rows per matrix product: the same product shape (so the same rounding) for any batch size
+
+
+def dense_forward(layers: list[tuple[np.ndarray, np.ndarray]], X: np.ndarray) -> np.ndarray:
+    """ReLU layers then one linear output unit, in float32, BLOCK rows per product (zero-padded), the
+    output as a row-wise sum: a row's result does not depend on the other rows of the batch."""
+    n = len(X)
+    blocks = -(-n // BLOCK)
+    h = np.zeros((blocks * BLOCK, X.shape[1]), dtype=np.float32)
+    h[:n] = X
+    h = h.reshape(blocks, BLOCK, X.shape[1])
+    *hidden, (w_out, b_out) = layers
+    for w, b in hidden:
+        h = np.maximum(h @ np.asarray(w, dtype=np.float32) + np.asarray(b, dtype=np.float32), np.float32(0.0))
+    raw = np.add.reduce(h * np.asarray(w_out, dtype=np.float32)[:, 0], axis=-1) + np.float32(b_out[0])
+    return raw.reshape(-1)[:n].astype(float)
 
 
 def dense_weights(model) -> list[tuple[np.ndarray, np.ndarray]]:

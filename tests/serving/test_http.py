@@ -117,7 +117,8 @@ def test_batch_equals_single_records_and_the_batch_scorer(server: Server, predic
 
     batch = server.predict({"students": records}).json()
     singles = [server.predict({"students": [r]}).json()["predictions"][0] for r in records]
-    assert batch["predictions"] == singles
+    for i, (together, alone) in enumerate(zip(batch["predictions"], singles, strict=True)):
+        assert together == alone, f"record {i}: {together} != {alone}"
     frame = predictor.predict_frame(pd.DataFrame(records))
     for subject in ("math", "reading"):
         served = np.array([p[subject]["predicted_growth"] for p in batch["predictions"]])
