@@ -25,14 +25,14 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 # Bench-only tools (FLAML, XGBoost, schemathesis), compiled against the main lock so nothing else moves.
 bench-venv: $(BENCH_STAMP)
 $(BENCH_STAMP): $(STAMP) bench/requirements-bench.lock
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r bench/requirements-bench.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r bench/requirements-bench.lock
 	touch $(BENCH_STAMP)
 
 lock:

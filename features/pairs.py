@@ -27,6 +27,7 @@ from features.contract import (
     growth_column,
     prior_engagement_column,
     prior_score_column,
+    proficient_column,
     score_column,
 )
 from features.ingest import District
@@ -141,6 +142,11 @@ def growth_pairs(district: District, years: Sequence[int] | None = None) -> pd.D
         out[prior_score_column(subject, 2)] = take(scores, p2)
         out[growth_column(subject)] = current - out[prior_score_column(subject)]
         out[status_column(subject)] = pair_status(current, p1, out[prior_score_column(subject)], step, moved)
+        flag = proficient_column(subject)
+        if flag in students:  # from the cut scores, or the file's achievement levels without them
+            levels = students[flag].to_numpy()
+            out[flag] = take(levels, rows)
+            out[f"prior_{flag}"] = take(levels, p1)
     return pd.DataFrame(out)
 
 

@@ -276,9 +276,14 @@ TASKS = ("growth", "support")
 
 
 def support_available(data, subject: str) -> bool:
-    """Whether "needs support next year" is defined for the subject (a proficient level and its cuts)."""
+    """Whether "needs support next year" is defined for the subject: a proficient level, and cut scores
+    or achievement levels in the files."""
+    from features.contract import proficient_column
+
     spec = data.district.subject(subject)
-    return spec.proficient is not None and bool(spec.cuts)
+    flag = proficient_column(subject)
+    levels = flag in data.district.students and data.district.students[flag].notna().any()
+    return spec.proficient is not None and (bool(spec.cuts) or bool(levels))
 
 
 def families_for(task: str, wanted: list[str]) -> list[str]:
@@ -342,8 +347,9 @@ def tune(
             for tsk in task or TASKS:
                 if tsk == "support" and not support_available(data, subj):
                     message = (
-                        f"{subj}: no needs-support model: the config gives no proficient level or cut scores "
-                        f"(keys subjects.{subj}.levels, proficient, cuts)"
+                        f"{subj}: no needs-support model: the config gives no proficient level, and neither "
+                        f"cut scores nor achievement levels (keys subjects.{subj}.levels, proficient, cuts, "
+                        "columns.achievement_level)"
                     )
                     if task:  # asked for explicitly
                         raise fail(message)

@@ -25,7 +25,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import SplineTransformer
 
-from features.contract import prior_score_column, score_column
+from features.contract import prior_score_column, proficient_column, score_column
 from training import compiled
 from training.families import (
     EARLY_STOPPING_ROUNDS,
@@ -51,14 +51,26 @@ def cut_per_row(grades: pd.Series, cuts: dict[str, float | None]) -> np.ndarray:
 
 
 def support_labels(frame: pd.DataFrame, subject: str, cuts: dict[str, float | None]) -> np.ndarray:
-    """1 when the target-year score is below the proficient cut of the target-year grade."""
+    """1 when the target-year score is below the proficient cut of the target-year grade; without cut
+    scores, when the target-year achievement level (from the file) is below the proficient level."""
     cut = cut_per_row(frame["grade"], cuts)
-    if np.isnan(cut).all():
-        raise NoCutScores(
-            f"{subject} has no proficiency cut scores (config key subjects.{subject}.cuts and "
-            "proficient); the needs-support model needs them"
-        )
-    return (frame[score_column(subject)].to_numpy(dtype=float) < cut).astype(float)
+    if not np.isnan(cut).all():
+        return (frame[score_column(subject)].to_numpy(dtype=float) < cut).astype(float)
+    flag = proficient_column(subject)
+    if flag in frame and frame[flag].notna().any():
+        labels = 1.0 - frame[flag].to_numpy(dtype=float)
+        unknown = int(np.isnan(labels).sum())
+        if unknown:
+            raise NoCutScores(
+                f"{subject}: {unknown:,} students with a score have no achievement level in the files; "
+                f"give the cut scores (config key subjects.{subject}.cuts) so levels are derived from scores"
+            )
+        return labels
+    raise NoCutScores(
+        f"{subject} has neither proficiency cut scores nor achievement levels (config keys "
+        f"subjects.{subject}.levels, proficient and cuts, or columns.achievement_level); the "
+        "needs-support model needs one of them"
+    )
 
 
 def labels_of(prepared) -> np.ndarray:
@@ -233,10 +245,13 @@ class PriorBelowCutRule(BaseEstimator, ClassifierMixin):
         self.grades = grades
 
     def distance(self, X: pd.DataFrame) -> np.ndarray:
-        """Points below last year's cut (negative: above it). Last year's grade is the one below."""
+        """Points below last year's cut (negative: above it). Last year's grade is the one below. Without
+        cut scores: 1 when last year's achievement level was below proficient, else 0."""
         previous = {g: self.grades[i - 1] for i, g in enumerate(self.grades) if i}
         prior_grade = pd.Series(X["grade"].astype(str).to_numpy()).map(previous)
         cut = cut_per_row(prior_grade, self.cuts or {})
+        if np.isnan(cut).all():
+            return 1.0 - X[f"prior_{proficient_column(self.subject)}"].to_numpy(dtype=float)
         return cut - X[prior_score_column(self.subject)].to_numpy(dtype=float)
 
     def fit(self, X: pd.DataFrame, y) -> PriorBelowCutRule:

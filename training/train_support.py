@@ -72,10 +72,11 @@ def train_support(
     cuts = {g: district.subject(subject).proficient_cut(g) for g in district.grades}
     baselines = {}
     for name, model in support_baselines(subject, prepared.data.subjects, cuts, district.grades).items():
-        model.fit(prepared.inputs("train"), y["train"])
+        # Baselines read the pair rows (prior scores, grades, last year's level), not the model inputs.
+        model.fit(prepared.part("train"), y["train"])
         metrics = {
-            **support_scores(y["val"], model.predict_proba(prepared.inputs("val"))[:, 1], "val"),
-            **support_scores(y["test"], model.predict_proba(prepared.inputs("test"))[:, 1], "test"),
+            **support_scores(y["val"], model.predict_proba(prepared.part("val"))[:, 1], "val"),
+            **support_scores(y["test"], model.predict_proba(prepared.part("test"))[:, 1], "test"),
         }
         baselines[name] = metrics
         with mlflow.start_run(run_name=name, tags={**tags, "family": name, "run_kind": "baseline"}):

@@ -62,6 +62,7 @@ def test_settings_prints_one_value_for_scripts(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 1 and "unknown setting 'colour'" in result.output
 
 
+@pytest.mark.slow
 def test_sgp_command_writes_every_target_year(long_district: Path, tmp_path: Path) -> None:
     out = tmp_path / "sgp.csv"
     config = str(long_district / "district.toml")

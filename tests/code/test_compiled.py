@@ -255,6 +255,7 @@ def ensemble_of(lgbm, linear, keras) -> AveragedRegressor:
     return AveragedRegressor([lgbm, linear, keras], [0.5, 0.3, 0.2], ["lgbm", "linear", "keras"])
 
 
+@pytest.mark.slow
 def test_ensemble_and_fallbacks(prepared, info, lgbm, linear, keras, rows) -> None:
     ensemble = ensemble_of(lgbm, linear, keras)
     evaluate = compiled.regressor(ensemble)

@@ -27,6 +27,8 @@ from reports import growth_report as g
 from training.data import Source, load_data
 from training.fairness import alerts, audit_markdown
 
+pytestmark = pytest.mark.slow  # builds whole growth reports
+
 TINY = ("9999", "Tiny Test Academy")
 MOVERS = 5
 UNRECORDED = 4

@@ -16,6 +16,8 @@ from features.settings import CHAMPION_ALIAS, registered_model_name, support_mod
 from pipelines.cli import app
 from training.behaviour import behaviour_checks
 
+pytestmark = pytest.mark.slow  # these tests share the session's tuned and trained champions (~80 s to build)
+
 SUBJECTS = ("math", "reading")
 
 

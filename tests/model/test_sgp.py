@@ -97,6 +97,7 @@ def _check_loss(y: np.ndarray, fitted: np.ndarray, tau: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [1, 2])
 def test_highs_fit_matches_statsmodels_quantreg(order: int) -> None:
     import statsmodels.api as sm
@@ -158,6 +159,7 @@ def test_preprocessing_gives_the_plain_solution(monkeypatch: pytest.MonkeyPatch)
     assert calls["band"] >= 2 * (len(TAUS) - 1)
 
 
+@pytest.mark.slow
 def test_solver_recovers_when_highs_gives_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every fifth HiGHS run is reported as having no verdict: the band widens or the model is rebuilt, and
     the result is still the exact solution."""
@@ -449,6 +451,7 @@ def test_median_sgp_suppresses_small_groups() -> None:
     )
 
 
+@pytest.mark.slow
 def test_knots_from_a_table_are_the_ones_used(district: pd.DataFrame) -> None:
     """With district-wide knots per prior grade (the package's createKnotsBoundaries, all years pooled),
     every cohort fit uses the table's knots: the SGPs equal a direct fit with those knots, and differ

@@ -17,7 +17,7 @@ def test_labels_use_the_cut_of_the_target_grade() -> None:
     frame = pd.DataFrame({"grade": ["04", "04", "05", "05"], "score_math": [399.0, 400.0, 419.0, 420.0]})
     labels = support_labels(frame, "math", {"04": 400.0, "05": 420.0})
     assert labels.tolist() == [1.0, 0.0, 1.0, 0.0]  # at the cut is proficient: no support needed
-    with pytest.raises(NoCutScores, match="subjects.math.cuts"):
+    with pytest.raises(NoCutScores, match="neither proficiency cut scores nor achievement levels"):
         support_labels(frame, "math", {"04": None, "05": None})
 
 
@@ -91,3 +91,14 @@ def test_fairness_alert_names_a_group_with_a_high_false_negative_rate() -> None:
     [sentence] = alerts(table)
     assert "gender = B" in sentence and "100%" in sentence and "2.00 times" in sentence
     assert "at risk" not in sentence and "failing" not in sentence
+
+
+def test_without_cut_scores_the_files_levels_decide() -> None:
+    frame = pd.DataFrame(
+        {"grade": ["4", "4", "5"], "score_math": [300.0, 500.0, 410.0], "proficient_math": [0.0, 1.0, 1.0]}
+    )
+    labels = support_labels(frame, "math", {"4": None, "5": None})
+    assert labels.tolist() == [1.0, 0.0, 0.0]
+    frame.loc[2, "proficient_math"] = np.nan
+    with pytest.raises(NoCutScores, match="1 students with a score have no achievement level"):
+        support_labels(frame, "math", {"4": None, "5": None})

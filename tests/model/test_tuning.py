@@ -32,6 +32,8 @@ from training.tuning import (
     tune,
 )
 
+pytestmark = pytest.mark.slow  # runs real Optuna studies and MLflow stores
+
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 

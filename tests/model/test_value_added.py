@@ -480,6 +480,7 @@ def test_interval_coverage_on_300_schools():
         assert abs(m["fe_z_mean"]) < 0.15 and m["fe_z_sd"] < 1.15, m  # no school-level bias left
 
 
+@pytest.mark.slow
 def test_mixedlm_agrees_with_fe_eb():
     pairs, _ = simulate(Sim(n_schools=30, mean_size=40, seed=8))
     fe_eb = school_value_added(pairs, "math", SUBJECTS).table

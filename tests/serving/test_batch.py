@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 
+pytestmark = pytest.mark.slow  # batch scoring with the session's trained champions
+
 
 @pytest.fixture(scope="module")
 def forecast(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:

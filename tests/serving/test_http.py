@@ -20,6 +20,8 @@ import pytest
 
 from serving.local import free_port, start_process, stop_process_group
 
+pytestmark = pytest.mark.slow  # a real server over the session's trained champions
+
 ROOT = Path(__file__).resolve().parents[2]
 MAX_RECORDS = 50
 SECRET_NAME = "Zebulon Quixote-Marchetti"
