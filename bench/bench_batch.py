@@ -17,7 +17,8 @@ Each case runs in a fresh process:
   its phases are read from the lines score_year logs (``load and validate (12.34 s)``);
 * ``needed-years``: the forecast through ``score_year(..., needed_years_only=True)`` in a fresh Python
   process, which reads only the two school years a forecast uses instead of the whole history (same
-  predictions; earlier years are not validated). ``growth predict`` has no switch for it (yet).
+  predictions; earlier years are not validated). ``growth predict`` does the same for a forecast, so
+  this case isolates the scoring function from the command's start-up.
 
 The champions were trained on another synthetic district: every school of a generated district is a
 school they never saw (the ``school_unseen`` share is reported); the predictor then uses district-level
