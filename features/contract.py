@@ -56,6 +56,18 @@ class Column:
         return "any"
 
 
+# The programme flags, the same in the classic student table and in the long records.
+PROGRAMME_COLUMNS: tuple[Column, ...] = (
+    Column(
+        "econ_disadvantaged",
+        "bool",
+        "Economically disadvantaged (free or reduced-price lunch).",
+        required=False,
+    ),
+    Column("english_learner", "bool", "English learner status.", required=False),
+    Column("special_education", "bool", "Has an individualised education programme.", required=False),
+)
+
 SCHOOL_COLUMNS: tuple[Column, ...] = (
     Column("school_name", "str", "Unique school name; students refer to it."),
     Column("type", "category", "Governance type of the school.", allowed=SCHOOL_TYPES),
@@ -91,14 +103,7 @@ STUDENT_COLUMNS: tuple[Column, ...] = (
         min=0,
         max=100,
     ),
-    Column(
-        "econ_disadvantaged",
-        "bool",
-        "Economically disadvantaged (free or reduced-price lunch).",
-        required=False,
-    ),
-    Column("english_learner", "bool", "English learner status.", required=False),
-    Column("special_education", "bool", "Has an individualised education programme.", required=False),
+    *PROGRAMME_COLUMNS,
     Column(
         "prior_days_absent",
         "int",
@@ -188,14 +193,7 @@ RECORD_KEY_COLUMNS: tuple[Column, ...] = (
 # Known when the school year starts: a growth pair takes them from the target year's record.
 ATTRIBUTE_COLUMNS: tuple[Column, ...] = (
     Column("gender", "category", "Gender as recorded.", required=False, allowed=RECORD_GENDERS),
-    Column(
-        "econ_disadvantaged",
-        "bool",
-        "Economically disadvantaged (free or reduced-price lunch).",
-        required=False,
-    ),
-    Column("english_learner", "bool", "English learner status.", required=False),
-    Column("special_education", "bool", "Has an individualised education programme.", required=False),
+    *PROGRAMME_COLUMNS,
     Column(
         "parental_education",
         "category",

@@ -163,15 +163,7 @@ def pair_status(
         step < 0,
         moved,
     ]
-    choices = [
-        "no_score",
-        "no_prior_record",
-        "no_prior_score",
-        "repeated_grade",
-        "skipped_grade",
-        "grade_went_down",
-        "school_changed",
-    ]
+    choices = [*STATUSES[2:], "school_changed"]  # the exclusions in STATUSES order, then the usable mover
     # Selected as category codes: the same categorical as selecting the texts, without per-row strings.
     codes = np.select(
         conditions, [np.int8(STATUSES.index(c)) for c in choices], default=np.int8(STATUSES.index("ok"))

@@ -39,6 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, ndtr, ndtri
 
+from pipelines.realism import icc_anova as _icc
+from pipelines.realism import ols as _ols
 from pipelines.synthetic import (
     CHARTER_SHARE,
     CHARTER_SIZE_RANGE,
@@ -207,8 +209,20 @@ class LongCoefficients:
     peer: float  # c: peer effect = c * s * (school's mean within-grade z of its prior-year records)
 
 
+# The same in every subject: the shape of the absence penalty, homework, internet, grade steps, peers.
+_SHARED_COEFFICIENTS = dict(
+    absence_scale=20.0,
+    absence_extra_econ=0.3,
+    absence_extra_el=0.6,
+    homework=0.52,
+    internet=0.02,
+    repeated_grade=0.25,
+    skipped_grade=-0.25,
+    peer=0.2,
+)
 COEFFICIENTS: dict[str, LongCoefficients] = {
     "math": LongCoefficients(
+        **_SHARED_COEFFICIENTS,
         intercept=-0.011,
         prior=0.433,
         prior2=0.178,
@@ -220,18 +234,11 @@ COEFFICIENTS: dict[str, LongCoefficients] = {
         female=-0.03,
         parental_education=0.02,
         absence_max=-0.30,
-        absence_scale=20.0,
-        absence_extra_econ=0.3,
-        absence_extra_el=0.6,
-        homework=0.52,
         logins=0.17,
-        internet=0.02,
         extracurricular=0.08,
-        repeated_grade=0.25,
-        skipped_grade=-0.25,
-        peer=0.2,
     ),
     "reading": LongCoefficients(
+        **_SHARED_COEFFICIENTS,
         intercept=-0.06,
         prior=0.427,
         prior2=0.176,
@@ -243,16 +250,8 @@ COEFFICIENTS: dict[str, LongCoefficients] = {
         female=0.06,
         parental_education=0.03,
         absence_max=-0.27,
-        absence_scale=20.0,
-        absence_extra_econ=0.3,
-        absence_extra_el=0.6,
-        homework=0.52,
         logins=0.15,
-        internet=0.02,
         extracurricular=0.06,
-        repeated_grade=0.25,
-        skipped_grade=-0.25,
-        peer=0.2,
     ),
 }
 
@@ -1923,22 +1922,6 @@ def _realism_targets() -> dict[str, tuple[float, float, str]]:
 
 
 REALISM_TARGETS = _realism_targets()
-
-
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    beta = np.linalg.lstsq(x, y, rcond=None)[0]
-    return beta, y - x @ beta
-
-
-def _icc(values: np.ndarray, groups: np.ndarray) -> float:
-    """One-way ANOVA intraclass correlation (as pipelines.realism.icc_anova): between-group share."""
-    codes, counts = np.unique(groups, return_inverse=True, return_counts=True)[1:]
-    k, n = len(counts), len(values)
-    means = np.bincount(codes, weights=values) / counts
-    msb = float((counts * (means - values.mean()) ** 2).sum() / (k - 1))
-    msw = float(((values - means[codes]) ** 2).sum() / (n - k))
-    n0 = (n - (counts**2).sum() / n) / (k - 1)
-    return float((msb - msw) / (msb + (n0 - 1) * msw))
 
 
 def growth_pairs_frame(district: LongDistrict, panel: pd.DataFrame | None = None) -> pd.DataFrame:

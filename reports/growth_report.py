@@ -526,6 +526,68 @@ def extremes(x: np.ndarray, y: np.ndarray, centre: tuple[float, float]) -> list[
     return list(dict.fromkeys([int(np.nanargmax(y)), int(np.nanargmin(y)), *turns]))
 
 
+@dataclass(frozen=True)
+class QuadrantSpec:
+    """One growth-against-achievement chart: which school-table columns hold the measure, its
+    interval bounds and count, where typical growth lies, and how the quadrants are worded."""
+
+    columns: tuple[str, str, str, str]
+    y_ref: float
+    measure: str
+    caption: str
+    ylabel: str
+    more: str
+    less: str
+    sgp_scale: bool = False
+
+
+SGP_QUADRANT = QuadrantSpec(
+    ("median_sgp", "lower", "upper", "n"),
+    50.0,
+    "growth",
+    "median SGP",
+    "median student growth percentile (SGP)",
+    "higher growth",
+    "lower growth",
+    sgp_scale=True,
+)
+VA_QUADRANT = QuadrantSpec(
+    ("va_estimate", "va_low", "va_high", "va_n"),
+    0.0,
+    "value-added",
+    "value-added",
+    "value-added, view A (points against the average school)",
+    "adds more",
+    "adds less",
+)
+
+
+def _school_quadrant(schools: pd.DataFrame, spec: QuadrantSpec, **chart: object) -> bytes:
+    """The chart of ``spec`` for a school table (one bubble per school)."""
+    y, low, high, n = spec.columns
+    points = pd.DataFrame(
+        {
+            "label": schools["label"],
+            "x": schools["pct"],
+            "y": schools[y],
+            "low": schools[low],
+            "high": schools[high],
+            "n": schools[n].astype(float),
+            "group": schools["group"],
+        }
+    )
+    corners = tuple(f"{a} achievement, {b}" for b in (spec.more, spec.less) for a in ("lower", "higher"))
+    return quadrant_chart(
+        points,
+        y_ref=spec.y_ref,
+        ylabel=spec.ylabel,
+        corners=corners,
+        size_word="students",
+        y_limits=_sgp_limits(points) if spec.sgp_scale else None,
+        **chart,
+    )
+
+
 def quadrant_chart(
     points: pd.DataFrame,
     *,
@@ -1219,83 +1281,77 @@ def model_card_parts(s: SubjectGrowth, ev: Evaluation, c: GrowthComputed, finger
     parts.append(
         Box(f"{s.label}: the champion model", bullets=tuple(facts), paragraphs=tuple(notes), css="card")
     )
-    if ev.families is not None:
-        parts.append(
-            html.Block(
-                "table",
-                caption="Test error of the champion, the candidates and the baselines",
-                table=_display(
-                    ev.families,
-                    c.min_n,
-                    {
-                        "model": "Model",
-                        "val_rmse": "Validation RMSE",
-                        "test_rmse": "Test RMSE",
-                        "test_mae": "Test MAE",
-                        "test_r2": "Test R²",
-                        "rmse_reduction_vs_baseline_pct": "RMSE vs linear baseline (%)",
-                    },
-                    {
-                        "Validation RMSE": _two,
-                        "Test RMSE": _two,
-                        "Test MAE": _two,
-                        "Test R²": _three,
-                        "RMSE vs linear baseline (%)": lambda v: (
-                            _signed(-float(v), 1) if not is_missing(v) else MISSING
-                        ),
-                    },
-                ),
-            )
-        )
-    if ev.coverage is not None:
-        parts.append(
-            html.Block(
-                "table",
-                caption="90% prediction intervals on the test part: how often they "
-                "contain the actual growth, complete and incomplete records",
-                table=_display(
-                    ev.coverage,
-                    c.min_n,
-                    {
-                        "case": "Record",
-                        "n": "Students",
-                        "coverage_90": "Coverage",
-                        "mean_width": "Mean width (points)",
-                        "rmse": "RMSE",
-                    },
-                    {"Students": number, "Coverage": _share, "Mean width (points)": _two, "RMSE": _two},
-                ),
-            )
-        )
-    if ev.subgroups is not None:
-        parts.append(
-            html.Block(
-                "table",
-                caption="Growth model by student group (test part): bias is predicted "
-                "minus actual growth; coverage of the 90% intervals",
-                table=_display(
-                    ev.subgroups,
-                    c.min_n,
-                    {
-                        "group": "Group",
-                        "value": "Value",
-                        "n": "Students",
-                        "bias": "Bias (points)",
-                        "rmse": "RMSE",
-                        "coverage_90": "Coverage",
-                    },
-                    {
-                        "Students": number,
-                        "Bias (points)": lambda v: _signed(v, 2),
-                        "RMSE": _two,
-                        "Coverage": _share,
-                    },
-                ),
-                css="tall-ok",
-            )
-        )
+    parts += _table_block(
+        ev.families,
+        c.min_n,
+        "Test error of the champion, the candidates and the baselines",
+        {
+            "model": "Model",
+            "val_rmse": "Validation RMSE",
+            "test_rmse": "Test RMSE",
+            "test_mae": "Test MAE",
+            "test_r2": "Test R²",
+            "rmse_reduction_vs_baseline_pct": "RMSE vs linear baseline (%)",
+        },
+        {
+            "Validation RMSE": _two,
+            "Test RMSE": _two,
+            "Test MAE": _two,
+            "Test R²": _three,
+            "RMSE vs linear baseline (%)": lambda v: _signed(-float(v), 1) if not is_missing(v) else MISSING,
+        },
+    )
+    parts += _table_block(
+        ev.coverage,
+        c.min_n,
+        "90% prediction intervals on the test part: how often they "
+        "contain the actual growth, complete and incomplete records",
+        {
+            "case": "Record",
+            "n": "Students",
+            "coverage_90": "Coverage",
+            "mean_width": "Mean width (points)",
+            "rmse": "RMSE",
+        },
+        {"Students": number, "Coverage": _share, "Mean width (points)": _two, "RMSE": _two},
+    )
+    parts += _table_block(
+        ev.subgroups,
+        c.min_n,
+        "Growth model by student group (test part): bias is predicted "
+        "minus actual growth; coverage of the 90% intervals",
+        {
+            "group": "Group",
+            "value": "Value",
+            "n": "Students",
+            "bias": "Bias (points)",
+            "rmse": "RMSE",
+            "coverage_90": "Coverage",
+        },
+        {
+            "Students": number,
+            "Bias (points)": lambda v: _signed(v, 2),
+            "RMSE": _two,
+            "Coverage": _share,
+        },
+        css="tall-ok",
+    )
     parts.extend(support_parts(s, ev, c))
     return parts
+
+
+def _table_block(
+    frame: pd.DataFrame | None,
+    min_n: int,
+    caption: str,
+    columns: Mapping[str, str],
+    formats: Mapping[str, Any],
+    css: str = "",
+) -> list[Any]:
+    """An evaluation table of the model card, or nothing when that evaluation file is absent."""
+    if frame is None:
+        return []
+    return [html.Block("table", caption=caption, table=_display(frame, min_n, columns, formats), css=css)]
 
 
 def support_parts(s: SubjectGrowth, ev: Evaluation, c: GrowthComputed) -> list[Any]:
@@ -1331,65 +1387,53 @@ def support_parts(s: SubjectGrowth, ev: Evaluation, c: GrowthComputed) -> list[A
             css="card",
         )
     )
-    if ev.support is not None:
-        parts.append(
-            html.Block(
-                "table",
-                caption="Needs-support classifier against the baselines (test part)",
-                table=_display(
-                    ev.support,
-                    c.min_n,
-                    {
-                        "model": "Model",
-                        "test_roc_auc": "ROC AUC",
-                        "test_pr_auc": "PR AUC",
-                        "test_brier": "Brier score",
-                        "test_precision_at_10pct": "Precision, top 10%",
-                        "test_recall_at_10pct": "Recall, top 10%",
-                    },
-                    {
-                        "ROC AUC": _three,
-                        "PR AUC": _three,
-                        "Brier score": _three,
-                        "Precision, top 10%": _share,
-                        "Recall, top 10%": _share,
-                    },
-                ),
-            )
-        )
-    if ev.fairness_support is not None:
-        parts.append(
-            html.Block(
-                "table",
-                caption="Needs-support classifier by student group, top 10% flagged (test part)",
-                table=_display(
-                    ev.fairness_support,
-                    c.min_n,
-                    {
-                        "group": "Group",
-                        "value": "Value",
-                        "n": "Students",
-                        "needs_support_rate": "Need support",
-                        "flag_rate": "Flagged",
-                        "false_negative_rate": "Missed (FNR)",
-                        "false_positive_rate": "Flagged, not needed (FPR)",
-                        "precision_flagged": "Precision",
-                        "mean_predicted": "Mean predicted",
-                        "observed": "Observed",
-                    },
-                    {
-                        "Students": number,
-                        "Need support": _share,
-                        "Flagged": _share,
-                        "Missed (FNR)": _share,
-                        "Flagged, not needed (FPR)": _share,
-                        "Precision": _share,
-                        "Mean predicted": _share,
-                        "Observed": _share,
-                    },
-                ),
-            )
-        )
+    parts += _table_block(
+        ev.support,
+        c.min_n,
+        "Needs-support classifier against the baselines (test part)",
+        {
+            "model": "Model",
+            "test_roc_auc": "ROC AUC",
+            "test_pr_auc": "PR AUC",
+            "test_brier": "Brier score",
+            "test_precision_at_10pct": "Precision, top 10%",
+            "test_recall_at_10pct": "Recall, top 10%",
+        },
+        {
+            "ROC AUC": _three,
+            "PR AUC": _three,
+            "Brier score": _three,
+            "Precision, top 10%": _share,
+            "Recall, top 10%": _share,
+        },
+    )
+    parts += _table_block(
+        ev.fairness_support,
+        c.min_n,
+        "Needs-support classifier by student group, top 10% flagged (test part)",
+        {
+            "group": "Group",
+            "value": "Value",
+            "n": "Students",
+            "needs_support_rate": "Need support",
+            "flag_rate": "Flagged",
+            "false_negative_rate": "Missed (FNR)",
+            "false_positive_rate": "Flagged, not needed (FPR)",
+            "precision_flagged": "Precision",
+            "mean_predicted": "Mean predicted",
+            "observed": "Observed",
+        },
+        {
+            "Students": number,
+            "Need support": _share,
+            "Flagged": _share,
+            "Missed (FNR)": _share,
+            "Flagged, not needed (FPR)": _share,
+            "Precision": _share,
+            "Mean predicted": _share,
+            "Observed": _share,
+        },
+    )
     return parts
 
 
@@ -1519,69 +1563,21 @@ def achievement_section(c: GrowthComputed) -> Section:
             continue
         shown = s.schools[~s.schools["suppressed"] & s.schools["pct"].notna()]
         hidden = len(s.schools) - len(shown)
-        blocks = []
-        if len(shown):
-            points = pd.DataFrame(
-                {
-                    "label": shown["label"],
-                    "x": shown["pct"],
-                    "y": shown["median_sgp"],
-                    "low": shown["lower"],
-                    "high": shown["upper"],
-                    "n": shown["n"].astype(float),
-                    "group": shown["group"],
-                }
-            )
-            png = quadrant_chart(
-                points,
-                x_ref=s.district_pct,
-                y_ref=50.0,
-                title=f"{s.label}: growth and achievement by school",
-                xlabel=f"% {word} in {s.label}, {c.year_label}",
-                ylabel="median student growth percentile (SGP)",
-                corners=(
-                    "lower achievement, higher growth",
-                    "higher achievement, higher growth",
-                    "lower achievement, lower growth",
-                    "higher achievement, lower growth",
-                ),
-                colour_title=c.colour_by,
-                size_word="students",
-                y_limits=_sgp_limits(points),
-            )
-            blocks.append(_chart(png, f"{s.label}: median SGP against % {word} per school"))
-        va = s.va
-        if va is not None and s.district_pct is not None:
+        tables = [(shown, SGP_QUADRANT)] if len(shown) else []
+        if s.va is not None:
             vt = s.schools[s.schools["va_suppressed"].eq(False) & s.schools["pct"].notna()]
-            if len(vt):
-                points = pd.DataFrame(
-                    {
-                        "label": vt["label"],
-                        "x": vt["pct"],
-                        "y": vt["va_estimate"],
-                        "low": vt["va_low"],
-                        "high": vt["va_high"],
-                        "n": vt["va_n"].astype(float),
-                        "group": vt["group"],
-                    }
-                )
-                png = quadrant_chart(
-                    points,
-                    x_ref=s.district_pct,
-                    y_ref=0.0,
-                    title=f"{s.label}: value-added and achievement by school",
-                    xlabel=f"% {word} in {s.label}, {c.year_label}",
-                    ylabel="value-added, view A (points against the average school)",
-                    corners=(
-                        "lower achievement, adds more",
-                        "higher achievement, adds more",
-                        "lower achievement, adds less",
-                        "higher achievement, adds less",
-                    ),
-                    colour_title=c.colour_by,
-                    size_word="students",
-                )
-                blocks.append(_chart(png, f"{s.label}: value-added against % {word} per school"))
+            tables += [(vt, VA_QUADRANT)] if len(vt) else []
+        blocks = []
+        for table, spec in tables:
+            png = _school_quadrant(
+                table,
+                spec,
+                x_ref=s.district_pct,
+                title=f"{s.label}: {spec.measure} and achievement by school",
+                xlabel=f"% {word} in {s.label}, {c.year_label}",
+                colour_title=c.colour_by,
+            )
+            blocks.append(_chart(png, f"{s.label}: {spec.caption} against % {word} per school"))
         if blocks:
             parts.append(Charts(tuple(blocks)))
         caption = (

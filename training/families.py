@@ -84,19 +84,24 @@ def lgbm_space(trial: optuna.Trial) -> dict:
     }
 
 
+def lgbm_fixed_options(seed: int) -> dict:
+    """What every LightGBM model of the project shares (regressor and classifier): a round cap that
+    early stopping lowers, row bagging each round, and deterministic, quiet, reproducible fits."""
+    return {
+        "n_estimators": LGBM_MAX_ROUNDS,
+        "subsample_freq": 1,
+        "random_state": seed,
+        "n_jobs": threads(),
+        "verbose": -1,
+        "deterministic": True,
+        "force_col_wise": True,
+    }
+
+
 def build_lgbm(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     import lightgbm
 
-    return lightgbm.LGBMRegressor(
-        **params,
-        n_estimators=LGBM_MAX_ROUNDS,
-        subsample_freq=1,
-        random_state=seed,
-        n_jobs=threads(),
-        verbose=-1,
-        deterministic=True,
-        force_col_wise=True,
-    )
+    return lightgbm.LGBMRegressor(**params, **lgbm_fixed_options(seed))
 
 
 # ---------------------------------------------------------------- scikit-learn

@@ -29,13 +29,12 @@ from features.contract import prior_score_column, proficient_column, score_colum
 from training import compiled
 from training.families import (
     EARLY_STOPPING_ROUNDS,
-    LGBM_MAX_ROUNDS,
     LGBM_REPORT_EVERY,
     REFIT_GROWTH,
     Family,
     FeatureInfo,
+    lgbm_fixed_options,
     lgbm_space,
-    threads,
 )
 
 TOP_SHARES = (0.05, 0.10, 0.20)
@@ -124,16 +123,7 @@ def score_for_tuning(y: np.ndarray, model: object, X: np.ndarray) -> dict[str, f
 def build_lgbm_classifier(params: dict, seed: int, info: FeatureInfo) -> BaseEstimator:
     import lightgbm
 
-    return lightgbm.LGBMClassifier(
-        **params,
-        n_estimators=LGBM_MAX_ROUNDS,
-        subsample_freq=1,
-        random_state=seed,
-        n_jobs=threads(),
-        verbose=-1,
-        deterministic=True,
-        force_col_wise=True,
-    )
+    return lightgbm.LGBMClassifier(**params, **lgbm_fixed_options(seed))
 
 
 def logistic_space(trial: optuna.Trial) -> dict:

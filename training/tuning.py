@@ -41,28 +41,17 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Good starting points, tried first in a study with no earlier study to warm-start from.
-DEFAULTS: dict[tuple[str, str], dict] = {
-    ("growth", "lgbm"): {
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_child_samples": 100,
-        "reg_lambda": 1.0,
-        "reg_alpha": 1e-3,
-        "colsample_bytree": 0.8,
-        "subsample": 0.8,
-        "max_bin": 255,
-    },
-    ("support", "lgbm"): {
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_child_samples": 100,
-        "reg_lambda": 1.0,
-        "reg_alpha": 1e-3,
-        "colsample_bytree": 0.8,
-        "subsample": 0.8,
-        "max_bin": 255,
-    },
+LGBM_START = {
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_child_samples": 100,
+    "reg_lambda": 1.0,
+    "reg_alpha": 1e-3,
+    "colsample_bytree": 0.8,
+    "subsample": 0.8,
+    "max_bin": 255,
 }
+DEFAULTS: dict[tuple[str, str], dict] = {(task, "lgbm"): dict(LGBM_START) for task in ("growth", "support")}
 
 
 class StudyError(RuntimeError):
@@ -253,6 +242,12 @@ def objective(
         trial.set_user_attr("worker_pid", os.getpid())
         reported: dict[str, float] = {}
 
+        def log_trial(state: str, metrics: dict[str, float]) -> None:
+            name = f"{family.name}-trial-{trial.number}"
+            log_nested_run(
+                client, experiment_id, parent_run_id, name, params, metrics, {**tags, "trial_state": state}
+            )
+
         def report(step: int, value: float) -> None:
             trial.report(value, step)
             reported.update({f"{task.metric}_at_prune": value, "pruned_at_step": float(step)})
@@ -272,29 +267,13 @@ def objective(
                 report if family.prunable else None,
             )
         except optuna.TrialPruned:  # tracked too: a reviewer sees every configuration that was tried
-            log_nested_run(
-                client,
-                experiment_id,
-                parent_run_id,
-                f"{family.name}-trial-{trial.number}",
-                params,
-                reported,
-                {**tags, "trial_state": "pruned"},
-            )
+            log_trial("pruned", reported)
             raise
         metrics = task.score(y_val, model, X_val)
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("best_iteration", getattr(model, "best_rounds_", None))
-        log_nested_run(
-            client,
-            experiment_id,
-            parent_run_id,
-            f"{family.name}-trial-{trial.number}",
-            params,
-            metrics,
-            {**tags, "trial_state": "complete"},
-        )
+        log_trial("complete", metrics)
         return metrics[task.metric]
 
     return run_trial
