@@ -215,6 +215,8 @@ def classic_district(folder: Path | None, students: int) -> tuple[District, str]
                 "generate",
                 "--students",
                 str(students),
+                "--format",
+                "classic",
                 "--out",
                 str(folder),
             ],
