@@ -49,17 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_scale import (  # noqa: E402
     BIN,
-    ROOT,
     Run,
     bench_env,
     ensure_district,
+    finish,
     header_lines,
-    load1,
     machine,
     measure,
     uptime,
     warm_up,
-    write_results,
 )
 
 GOAL_SECONDS = 60.0
@@ -258,21 +256,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     if generated is not None:
         lines.append(f"- input generated in this run: {generated.label}, {generated.wall_s:.0f} s")
-    lines += ["", f"uptime at end: `{uptime()}`"]
-    table = "\n".join(lines)
-    print(table)
-    payload = {
-        "date": started,
-        "machine": machine_info,
-        "uptime_start": uptime_start,
-        "load1_start": load1(uptime_start),
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "config": str(config),
-        "results": results,
-        "generated": asdict(generated) if generated else None,
-    }
-    path = write_results("batch", payload, table, "-smoke" if args.smoke else "")
-    print(f"\nraw numbers: {path.relative_to(ROOT)}", file=sys.stderr)
+    finish(
+        "batch",
+        lines,
+        started,
+        machine_info,
+        uptime_start,
+        args,
+        config=str(config),
+        results=results,
+        generated=asdict(generated) if generated else None,
+    )
     if temporary is not None:
         shutil.rmtree(data / "out", ignore_errors=True)
         temporary.cleanup()

@@ -211,6 +211,32 @@ def write_results(name: str, payload: dict[str, object], table: str, suffix: str
     return path
 
 
+def finish(
+    name: str,
+    lines: list[str],
+    started: str,
+    machine_info: dict[str, object],
+    uptime_start: str,
+    args: argparse.Namespace,
+    **results: object,
+) -> Path:
+    """End a bench run: print the Markdown table (with the load at the end) and write it beside the
+    raw numbers (the run's context plus ``results``) under bench/results/<name>/."""
+    table = "\n".join([*lines, "", f"uptime at end: `{uptime()}`"])
+    print(table)
+    payload = {
+        "date": started,
+        "machine": machine_info,
+        "uptime_start": uptime_start,
+        "load1_start": load1(uptime_start),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        **results,
+    }
+    path = write_results(name, payload, table, "-smoke" if args.smoke else "")
+    print(f"\nraw numbers: {path.relative_to(ROOT)}", file=sys.stderr)
+    return path
+
+
 def header_lines(title: str, started: str, machine_info: dict[str, object], uptime_start: str) -> list[str]:
     return [
         f"### {title}",
@@ -484,20 +510,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {s['step']} | {s['wall_s']:.1f} | {s['cpu_s']:.1f} | {s['rss_gib']:.2f} "
                 f"| {s['peak_rss_gib']:.2f} |"
             )
-    lines += ["", f"uptime at end: `{uptime()}`"]
-    table = "\n".join(lines)
-    print(table)
-    payload = {
-        "date": started,
-        "machine": machine_info,
-        "uptime_start": uptime_start,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "runs": [asdict(run) for _, _, run, _ in runs],
-        "generated": [asdict(g) for g in generated],
-        "phases": phases,
-    }
-    path = write_results("scale", payload, table, "-smoke" if args.smoke else "")
-    print(f"\nraw numbers: {path.relative_to(ROOT)}", file=sys.stderr)
+    finish(
+        "scale",
+        lines,
+        started,
+        machine_info,
+        uptime_start,
+        args,
+        runs=[asdict(run) for _, _, run, _ in runs],
+        generated=[asdict(g) for g in generated],
+        phases=phases,
+    )
     if temporary is not None:
         temporary.cleanup()
     return 0

@@ -782,11 +782,8 @@ def comparison(results: list[Result], args: argparse.Namespace) -> list[str]:
             f"p99 {one.p99_ms:.1f} vs "
             f"{plainn.p99_ms:.1f} ms."
         )
-    for level, name in (
-        ("c1", "1 connection"),
-        ("cN", f"{args.connections} connections"),
-        ("batch", "batches"),
-    ):
+    levels = (("c1", "1 connection"), ("cN", f"{args.connections} connections"), ("batch", "batches"))
+    for level, name in levels:
         w, lo = by.get(f"growth-wrk-{level}"), by.get(f"growth-locust-{level}")
         if w and lo:
             out.append(
@@ -794,11 +791,7 @@ def comparison(results: list[Result], args: argparse.Namespace) -> list[str]:
                 f"{lo.requests_per_s:,.0f} "
                 f"requests/s, p50 {w.p50_ms:.2f} vs {lo.p50_ms:.2f} ms."
             )
-    for level, name in (
-        ("c1", "1 connection"),
-        ("cN", f"{args.connections} connections"),
-        ("batch", "batches"),
-    ):
+    for level, name in levels:
         g, m = by.get(f"growth-wrk-{level}"), by.get(f"mlflow-wrk-{level}")
         if g and m:
             out.append(
