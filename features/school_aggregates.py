@@ -51,10 +51,21 @@ def bin_values(values: pd.Series, edges: Sequence[float], labels: Sequence[str])
     )
 
 
+def proficiency_flags(students: pd.DataFrame, subject: str) -> np.ndarray:
+    """1 proficient, 0 not, NaN not known; all NaN for a subject without cut scores or levels (its
+    aggregates are then NaN, and the reports say why)."""
+    column = proficient_column(subject)
+    if column not in students:
+        return np.full(len(students), np.nan)
+    return students[column].to_numpy(dtype=float)
+
+
 def overall_proficient(students: pd.DataFrame, subjects: Sequence[str]) -> pd.Series:
     """1 when proficient in every subject, 0 when not, NaN when a subject was not tested: "% overall"
     counts only students with a result in every subject (the classic "passing both")."""
-    flags = students[[proficient_column(s) for s in subjects]].to_numpy(dtype=float)
+    flags = np.column_stack(
+        [proficiency_flags(students, s) for s in subjects] or [np.empty((len(students), 0))]
+    )
     every = np.where(np.isnan(flags).any(axis=1), np.nan, flags.min(axis=1) if flags.size else np.nan)
     return pd.Series(every, index=students.index)
 
@@ -75,9 +86,7 @@ def school_aggregates(
     scored: dict[str, object] = {}
     for subject in subjects:
         scored[f"avg_{subject}"] = students[score_column(subject)].to_numpy(dtype=float)
-        scored[f"pct_proficient_{subject}"] = (
-            students[proficient_column(subject)].to_numpy(dtype=float) * 100.0
-        )
+        scored[f"pct_proficient_{subject}"] = proficiency_flags(students, subject) * 100.0
     scored["pct_overall_proficient"] = overall_proficient(students, subjects).to_numpy() * 100.0
     for column in config.extra_means:
         scored[f"mean_{column}"] = students[column].to_numpy(dtype=float)
@@ -169,9 +178,7 @@ def district_totals(students: pd.DataFrame, schools: pd.DataFrame | None, subjec
         totals["total_budget"] = float(schools["budget"].sum())
     for subject in subjects:
         totals[f"avg_{subject}"] = float(np.nanmean(students[score_column(subject)].to_numpy(dtype=float)))
-        totals[f"pct_proficient_{subject}"] = float(
-            np.nanmean(students[proficient_column(subject)].to_numpy(dtype=float)) * 100.0
-        )
+        totals[f"pct_proficient_{subject}"] = float(np.nanmean(proficiency_flags(students, subject)) * 100.0)
     totals["pct_overall_proficient"] = float(np.nanmean(overall_proficient(students, subjects)) * 100.0)
     return totals
 
@@ -253,7 +260,9 @@ def _one_blas_thread() -> AbstractContextManager[object]:
 
 
 def school_feature_columns(subjects: Sequence[str], table: pd.DataFrame) -> list[str]:
-    """The aggregate columns of ``school_year_table`` the model uses (none uses target-year data)."""
+    """The raw school-year aggregates of ``school_year_table`` (none uses target-year data): the school
+    attributes the AutoML benchmark offers its peers. The growth models use fewer, shrunk ones
+    (``training.data.model_school_columns``)."""
     columns = ["total_students", "per_student_budget"]
     for subject in subjects:
         columns += [

@@ -275,17 +275,6 @@ def report(
 TASKS = ("growth", "support")
 
 
-def support_available(data, subject: str) -> bool:
-    """Whether "needs support next year" is defined for the subject: a proficient level, and cut scores
-    or achievement levels in the files."""
-    from features.contract import proficient_column
-
-    spec = data.district.subject(subject)
-    flag = proficient_column(subject)
-    levels = flag in data.district.students and data.district.students[flag].notna().any()
-    return spec.proficient is not None and (bool(spec.cuts) or bool(levels))
-
-
 def families_for(task: str, wanted: list[str]) -> list[str]:
     """The task's families among those asked for (all defaults when none were asked for)."""
     from training.families import DEFAULT_FAMILIES, FAMILIES
@@ -326,6 +315,7 @@ def tune(
 ) -> None:
     """Tune each family with Optuna (one study per subject, task, family and data); re-run to resume."""
     from training.data import DataConfig, load_data, prepare
+    from training.support import why_no_support
     from training.tuning import TuneConfig
     from training.tuning import tune as run_tune
 
@@ -345,12 +335,8 @@ def tune(
             data_config = DataConfig(subj, seed, split, holdout_schools, protected_inputs)
             prepared = prepare(data, data_config) if workers == 1 else None
             for tsk in task or TASKS:
-                if tsk == "support" and not support_available(data, subj):
-                    message = (
-                        f"{subj}: no needs-support model: the config gives no proficient level, and neither "
-                        f"cut scores nor achievement levels (keys subjects.{subj}.levels, proficient, cuts, "
-                        "columns.achievement_level)"
-                    )
+                message = why_no_support(data.district, subj) if tsk == "support" else None
+                if message:
                     if task:  # asked for explicitly
                         raise fail(message)
                     typer.secho(f"warning: {message}; tuning growth only", fg=typer.colors.YELLOW, err=True)

@@ -186,12 +186,6 @@ def grades_present(students: pd.DataFrame, order: Sequence[str] = ()) -> tuple[s
 # ----------------------------------------------------------------------------------------------
 
 
-def _with_flags(students: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
-    """Subjects without proficiency flags get all-NaN flags, so the shared functions accept them."""
-    missing = {proficient_column(s): np.nan for s in spec.names if proficient_column(s) not in students}
-    return students.assign(**missing) if missing else students
-
-
 def tested_counts(students: pd.DataFrame, spec: ReportSpec) -> pd.DataFrame:
     """Students tested per school: in each subject, and in every rated subject (the students behind
     % overall). Counted with one pass over integer codes."""
@@ -228,8 +222,7 @@ def aggregate(students: pd.DataFrame, schools: pd.DataFrame | None, spec: Report
     """``school_aggregates`` of one school year's students, plus ``tested_<subject>``,
     ``tested_all`` and the display ``label``. With a subject that has no proficiency flags, %
     overall counts the rated subjects only."""
-    flagged = _with_flags(students, spec)
-    out = school_aggregates(flagged, schools, spec.names, spec.aggregate)
+    out = school_aggregates(students, schools, spec.names, spec.aggregate)
     if spec.rated and len(spec.rated) < len(spec.names):
         overall = school_aggregates(students, schools, spec.rated, spec.aggregate)[OVERALL]
         out[OVERALL] = overall.reindex(out.index)
@@ -294,7 +287,7 @@ def district_figures(students: pd.DataFrame, schools: pd.DataFrame | None, spec:
     """``district_totals`` with the report's subjects (the overall share over the rated ones)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a subject without scores that year: NaN
-        totals = district_totals(_with_flags(students, spec), schools, spec.names)
+        totals = district_totals(students, schools, spec.names)
         if spec.rated and len(spec.rated) < len(spec.names):
             totals[OVERALL] = district_totals(students, schools, spec.rated)[OVERALL]
     for s in spec.names:

@@ -98,7 +98,7 @@ GROUP_MIN_ROWS = 50  # an indicator with fewer calibration rows is left out of t
 GROUP_QUANTILE_ROWS = 30_000  # calibration rows (of the masked copies) the group quantile is fitted on
 
 
-def _values(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray | None:
+def _values(X: pd.DataFrame | dict, name: str) -> np.ndarray | None:
     if isinstance(X, pd.DataFrame):
         return None if name not in X.columns else X[name].astype(object).to_numpy()
     return None if X.get(name) is None else np.asarray(X[name], dtype=object)
@@ -106,14 +106,14 @@ def _values(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray | None:
 
 def _flag(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray:
     """True where the record says yes (1/True); missing and no are False."""
-    values = _values(X, name, n)
+    values = _values(X, name)
     if values is None:
         return np.zeros(n, dtype=bool)
     return np.array([v is not None and v == v and bool(v) and v != "0" for v in values], dtype=bool)
 
 
 def _text(X: pd.DataFrame | dict, name: str, n: int) -> np.ndarray:
-    values = _values(X, name, n)
+    values = _values(X, name)
     if values is None:
         return np.full(n, "", dtype=object)
     return np.array([str(v) for v in values], dtype=object)

@@ -72,6 +72,22 @@ def support_labels(frame: pd.DataFrame, subject: str, cuts: dict[str, float | No
     )
 
 
+def why_no_support(district, subject: str) -> str | None:
+    """Why "needs support next year" is not defined for a subject of the district, or None when it is:
+    it needs a proficient level, and cut scores or achievement levels in the files (the rule
+    ``support_labels`` applies row by row). Checked before tuning, also when workers prepare the data."""
+    spec = district.subject(subject)
+    flag = proficient_column(subject)
+    levels = flag in district.students and district.students[flag].notna().any()
+    if spec.proficient is not None and (bool(spec.cuts) or bool(levels)):
+        return None
+    return (
+        f"{subject}: no needs-support model: the config gives no proficient level, and neither "
+        f"cut scores nor achievement levels (keys subjects.{subject}.levels, proficient, cuts, "
+        "columns.achievement_level)"
+    )
+
+
 def labels_of(prepared) -> np.ndarray:
     """Labels for every usable pair of a prepared subject (cached on the Prepared object)."""
     cached = getattr(prepared, "_support_labels", None)

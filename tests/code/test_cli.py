@@ -74,3 +74,35 @@ def test_sgp_command_writes_every_target_year(long_district: Path, tmp_path: Pat
     assert sgps["sgp"].dropna().between(1, 99).all() and sgps["sgp"].notna().mean() > 0.9
     bad = CliRunner().invoke(app, ["sgp", "--config", config, "--year", "2019", "--out", str(out)])
     assert bad.exit_code == 1 and "no growth pairs for 2019" in bad.output and "Traceback" not in bad.output
+
+
+def _without_proficiency(config_text: str) -> str:
+    """The config with no achievement levels, proficient level or cut scores (scores only)."""
+    kept, in_cuts = [], False
+    for line in config_text.splitlines():
+        if line.startswith("["):
+            in_cuts = line.rstrip().endswith(".cuts]")
+        if in_cuts or line.startswith(("achievement_level =", "levels =", "proficient =")):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_a_district_without_levels_or_cuts_validates_and_says_why_there_is_no_support_model(
+    long_district: Path, tmp_path: Path, isolated_stores: Path
+) -> None:
+    import shutil
+    import tomllib
+
+    folder = tmp_path / "district"
+    shutil.copytree(long_district, folder)
+    config = folder / "scores_only.toml"
+    config.write_text(_without_proficiency((long_district / "district.toml").read_text()))
+    subjects = tomllib.loads(config.read_text())["subjects"]
+    assert all("levels" not in s and "cuts" not in s for s in subjects.values())
+    runner = CliRunner()
+    validated = runner.invoke(app, ["validate", "--config", str(config)])
+    assert validated.exit_code == 0, validated.output
+    asked = runner.invoke(app, ["tune", "--config", str(config), "--subject", "math", "--task", "support"])
+    assert asked.exit_code == 1 and "Traceback" not in asked.output
+    assert "math: no needs-support model: the config gives no proficient level" in asked.output
