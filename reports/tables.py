@@ -360,7 +360,25 @@ def grade_aggregates(
     grade = students["grade"]
     if not isinstance(grade.dtype, pd.CategoricalDtype):
         grade = grade.astype(str)
-    return {g: aggregate(students[(grade == g).to_numpy()], schools, spec) for g in spec.grades}
+    by_grade = {g: aggregate(students[(grade == g).to_numpy()], schools, spec) for g in spec.grades}
+    if schools is not None or not by_grade:
+        return by_grade  # the schools table already gives every school a row in every grade
+    # Without a schools table a grade's aggregate has only the schools teaching it: give every school
+    # of the year its row, as the schools table would (no students, NaN figures).
+    frames = list(by_grade.values())
+    index = frames[0].index
+    for frame in frames[1:]:
+        index = index.union(frame.index)
+    labels = pd.concat([f["label"] for f in frames])
+    labels = labels[~labels.index.duplicated()].reindex(index)
+    counts = [c for c in frames[0].columns if c == "total_students" or c.startswith("tested_")]
+    out = {}
+    for g, agg in by_grade.items():
+        full = agg.reindex(index)
+        full["label"] = labels
+        full[counts] = full[counts].fillna(0).astype(agg[counts].dtypes.to_dict())
+        out[g] = full
+    return out
 
 
 def scores_by_grade(by_grade: Mapping[str, pd.DataFrame], subject: str) -> pd.DataFrame:

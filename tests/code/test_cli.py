@@ -106,3 +106,33 @@ def test_a_district_without_levels_or_cuts_validates_and_says_why_there_is_no_su
     asked = runner.invoke(app, ["tune", "--config", str(config), "--subject", "math", "--task", "support"])
     assert asked.exit_code == 1 and "Traceback" not in asked.output
     assert "math: no needs-support model: the config gives no proficient level" in asked.output
+
+
+def _without_schools_file(config_text: str) -> str:
+    """The config with no schools table (a records-only export)."""
+    kept, in_school_columns = [], False
+    for line in config_text.splitlines():
+        if line.startswith("["):
+            in_school_columns = line.strip() in ("[school_columns]", "[values.type]")
+        if in_school_columns or line.startswith("schools ="):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def test_grade_tables_without_a_schools_file_list_every_school(long_district: Path, tmp_path: Path) -> None:
+    """Each grade's aggregate lists every school of the year, as with a schools table: the table by
+    grade shows a middle school's grades too, not only the schools teaching the first grade."""
+    import shutil
+
+    folder = tmp_path / "district"
+    shutil.copytree(long_district, folder)
+    config = folder / "records_only.toml"
+    config.write_text(_without_schools_file((long_district / "district.toml").read_text()))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "--config", str(config), "--no-growth", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    by_grade = pd.read_csv(out / "math_scores_by_grade.csv", dtype={"School Name": str})
+    schools = pd.read_csv(out / "school_summary.csv")
+    assert len(by_grade) == len(schools) > 3
+    assert by_grade.drop(columns="School Name").notna().any(axis=1).all()  # every school has a grade
