@@ -125,7 +125,7 @@ class GroupDesign:
     school) and the audit's student groups (disadvantaged, English learner, special education, female).
     ``columns`` keeps those that had enough calibration rows. Grades are not among them: calibration
     rows come from a few dozen school-years, and per-grade multipliers fitted on them followed those
-    school-years more than the grades (measured in docs/serving.md)."""
+    school-years more than the grades (seen in development; not a committed measurement)."""
 
     columns: tuple[str, ...] = ()
 
