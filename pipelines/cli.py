@@ -524,6 +524,11 @@ def serve(
         S.max_records, "--max-records", help="Largest accepted request, in records."
     ),
     workers: int = typer.Option(0, "--workers", help="Server processes (default: one per CPU core)."),
+    access_log: bool = typer.Option(
+        S.access_log,
+        "--access-log/--no-access-log",
+        help="One log line per request (off by default: about 15% more requests/s; /metrics counts them).",
+    ),
 ) -> None:
     """Serve every champion over HTTP: POST /predict, GET /models, /docs, /healthz, /readyz, /metrics."""
     import os
@@ -540,7 +545,12 @@ def serve(
             f"(registry version {meta.get('registry_version')}, {meta.get('family')})"
         )
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "GROWTH_MAX_RECORDS": str(max_records), "GROWTH_SERVE_WORKERS": str(workers)}
+    env = {
+        **os.environ,
+        "GROWTH_MAX_RECORDS": str(max_records),
+        "GROWTH_SERVE_WORKERS": str(workers),
+        "GROWTH_ACCESS_LOG": str(access_log).lower(),
+    }
     command = [
         sys.executable,
         "-m",

@@ -209,6 +209,22 @@ class Predictor:
         results = self.predict_columns(columns, len(records))
         return assemble(records, results, self.served, self.infos)
 
+    def predict_many(self, requests: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Several requests' records scored in one pass, one response per request: each equal to
+        ``predict(records)`` (every evaluator scores each row on its own), at the cost of one call.
+        The service uses it to answer requests that arrive together (``serving.coalesce``)."""
+        if len(requests) == 1:
+            return [self.predict(requests[0])]
+        records = [record for request in requests for record in request]
+        results = self.predict_columns(columns_of(records, self.columns), len(records))
+        answers, start = [], 0
+        for request in requests:
+            stop = start + len(request)
+            part = {s: {k: v[start:stop] for k, v in r.items()} for s, r in results.items()}
+            answers.append(assemble(request, part, self.served, self.infos))
+            start = stop
+        return answers
+
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Batch scoring: one row per input row, a column block per subject."""
         columns = frame_columns(frame, self.columns)
@@ -239,19 +255,25 @@ def assemble(
     for subject, result in results.items():
         prior_field = prior_score_column(subject)
         support = subject in served.support
+        # Python floats once per column (``tolist``: the same values as float() of each element)
+        no_prior = result["no_prior"].tolist()
+        predicted, low, high = (
+            np.asarray(result[k], dtype=float).tolist() for k in ("predicted", "low", "high")
+        )
+        needs = np.asarray(result["needs_support"], dtype=float).tolist() if support else None
         for i, row in enumerate(predictions):
-            if result["no_prior"][i]:
+            if no_prior[i]:
                 row[subject] = None
                 lacking.setdefault(subject, []).append(i)
                 continue
-            growth = float(result["predicted"][i])
+            growth = predicted[i]
             entry = {
                 "predicted_growth": growth,
                 "predicted_score": float(records[i][prior_field]) + growth,
-                "growth_interval": [float(result["low"][i]), float(result["high"][i])],
+                "growth_interval": [low[i], high[i]],
             }
-            if support:
-                entry["needs_support_probability"] = float(result["needs_support"][i])
+            if needs is not None:
+                entry["needs_support_probability"] = needs[i]
             row[subject] = entry
         unseen_by_subject[subject] = result["unseen"] & ~result["no_prior"]
     warnings = unseen_warnings([r.get("school_id") for r in records], unseen_by_subject)

@@ -4,9 +4,10 @@ BentoML owns the server: processes (one worker per core by default), lifecycle, 
 ``/readyz``, ``/metrics``, the OpenAPI page and ``bentoml build``. The two routes are a FastAPI app
 mounted inside the service, so the request is parsed once (orjson), validated once (pydantic models
 built from the champions) and answered by ``serving.predictor`` in the worker that received it:
-no second process, no adaptive-batching queue (docs/benchmarks.md measures why: a single record
-costs well under a millisecond, less than a hop to a batching process). Every 4xx body is the
-documented ``ErrorResponse``.
+no second process and no batching timer. Small requests that arrive together are scored in one
+call (``serving.coalesce``); larger ones run in a thread. ``serving.server_fixes`` keeps the worker's
+garbage collections short (a BentoML middleware held every request for the timeout's length).
+Every 4xx body is the documented ``ErrorResponse``.
 
 Run it with ``growth serve`` (or ``bentoml serve serving.service:StudentGrowth``).
 """
@@ -26,12 +27,16 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from features.contract import prior_score_column
+from features.settings import get_settings
+from serving import server_fixes
+from serving.coalesce import Coalescer
 from serving.predictor import Predictor, champion_entries, no_champion_error
 from serving.schemas import ErrorResponse, ModelsResponse, build_models, inline_schema, max_records
 
+server_fixes.install()
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 2**20
-THREAD_ABOVE_RECORDS = 256  # larger requests run in a thread so single records are not held up
+THREAD_ABOVE_RECORDS = 256  # larger requests run in a thread (alone) so small ones are not held up
 REQUEST_TIMEOUT_S = 120
 WORKERS_ENV = "GROWTH_SERVE_WORKERS"
 
@@ -107,11 +112,12 @@ async def predict(request: Request) -> Response:
         messages = validation_messages(exc)
         return error(400, f"{len(messages)} problem(s) in the request", messages)
     records = [student.model_dump(exclude={"student_name"}) for student in parsed.students]
-    predictor: Predictor = request.app.state.predictor
     if len(records) > THREAD_ABOVE_RECORDS:
+        predictor: Predictor = request.app.state.predictor
         result = await anyio.to_thread.run_sync(predictor.predict, records)
     else:
-        result = predictor.predict(records)
+        coalescer: Coalescer = request.app.state.coalescer
+        result = await coalescer.predict(records)
     return Response(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
@@ -154,6 +160,8 @@ class _StudentGrowth:
             raise no_champion_error()
         self.predictor = Predictor(load_champions())
         api.state.predictor = self.predictor
+        api.state.coalescer = Coalescer(self.predictor)
+        server_fixes.freeze_loaded_objects()
         log.info(
             "serving %d model(s) for %s; max %d records per request",
             len(self.predictor.infos),
@@ -176,5 +184,6 @@ StudentGrowth = bentoml.asgi_app(api, path="/")(
         workers=workers(),
         traffic={"timeout": REQUEST_TIMEOUT_S},
         labels={"project": "student-growth"},
+        logging={"access": {"enabled": get_settings().access_log}},
     )(_StudentGrowth)
 )

@@ -23,6 +23,7 @@ from typing import Any
 import bentoml
 
 from serving.predictor import Predictor
+from serving.server_fixes import freeze_loaded_objects
 from serving.service import REQUEST_TIMEOUT_S, StudentRecord, workers
 
 MAX_BATCH_SIZE = int(os.environ.get("BENCH_MAX_BATCH_SIZE", "100"))
@@ -33,6 +34,7 @@ MAX_LATENCY_MS = int(os.environ.get("BENCH_MAX_LATENCY_MS", "60000"))
 class BatchedGrowth:
     def __init__(self) -> None:
         self.predictor = Predictor.from_store()
+        freeze_loaded_objects()  # as growth serve's workers do (serving/server_fixes.py)
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, students: list[StudentRecord]) -> list[dict[str, Any]]:  # type: ignore[valid-type]

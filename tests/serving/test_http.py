@@ -47,7 +47,8 @@ def serve(env: dict[str, str], log: Path, *extra: str) -> tuple[subprocess.Popen
 def server(trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process, url = serve(env, log, "--max-records", str(MAX_RECORDS), "--workers", "1")
+    # with the access log on (off by default), so the log test below sees every request's line
+    process, url = serve(env, log, "--max-records", str(MAX_RECORDS), "--workers", "1", "--access-log")
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -129,6 +130,14 @@ def test_batch_equals_single_records_and_the_batch_scorer(server: Server, predic
         assert np.array_equal(low, frame[f"{subject}_growth_low"].to_numpy())
         support = np.array([p[subject]["needs_support_probability"] for p in batch["predictions"]])
         assert np.array_equal(support, frame[f"{subject}_needs_support_probability"].to_numpy())
+
+
+def test_requests_scored_together_get_the_numbers_each_would_get_alone(predictor, records) -> None:
+    """What the service's coalescing does under load (serving.coalesce): several requests in one
+    scoring call, each answer identical (every number, warning and model entry) to scoring it alone."""
+    requests = [[records[0]], records[1:4], [records[4]], records[5:12]]
+    together = predictor.predict_many(requests)
+    assert together == [predictor.predict(request) for request in requests]
 
 
 def test_concurrent_single_records_each_get_their_own_answer(server: Server, records) -> None:
