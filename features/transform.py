@@ -35,7 +35,7 @@ from features.school_aggregates import SCHOOL_SHARES, z_column
 FLAGS = ("econ_disadvantaged", "english_learner", "special_education", "home_internet")
 NUMERIC_ATTRIBUTES = ("commute_minutes",)
 ENGAGEMENT = tuple(prior_engagement_column(c.name) for c in ENGAGEMENT_COLUMNS)
-SMALL_BATCH = 64  # below this, dictionary lookups beat pandas' vectorised ones
+SMALL_BATCH = 256  # below this, dictionary lookups beat pandas' vectorised ones (measured: docs/serving.md)
 
 
 def model_input_columns(subjects: Sequence[str]) -> list[str]:

@@ -48,7 +48,7 @@ import pandas as pd
 CACHE = "_compiled"
 SINGLE_ROWS = 16  # LightGBM: up to this many rows one at a time through the single-row fast path
 SMALL_THREADS = 256  # LightGBM: below this many rows, one thread (no OpenMP start-up)
-SMALL_BATCH = 64  # up to this many rows: per-element missing-value tests, spline intervals by comparison
+SMALL_BATCH = 256  # up to this many rows: per-element missing-value tests, spline intervals by comparison
 CHUNK_ROWS = 4096  # row-wise evaluators take large batches in blocks of this size (a multiple of
 # training.keras_mlp.BLOCK, the rows per matrix product of the Keras forward pass)
 
@@ -459,7 +459,7 @@ class _SplineBasis:
             interval = np.empty((n, F), dtype=np.int64)
             for f in range(F):
                 interval[:, f] = np.searchsorted(self.knots[f], xe[:, f], side="right") - 1
-        np.clip(interval, k, self.last, out=interval)
+        np.minimum(np.maximum(interval, k, out=interval), self.last, out=interval)  # np.clip, no wrapper
         # The knots t[l-k+1] .. t[l+k] around each value, (2k, n, F), and their distances to x
         window = self.flat_knots[self.offsets[:, None, None] + (self.rows_of_knots + interval)]
         after = window[k:] - xe  # t[l+m] - x, m = 1..k
@@ -477,7 +477,7 @@ class _SplineBasis:
                 np.multiply(w, after[:j], out=h[:j])  # h[m-1] += w (t[l+m] - x)
                 h[j] = 0.0
                 h[1:] += w * before[k - j :]  # h[m] = w (x - t[l+m-j])
-        values = np.moveaxis(h, 0, -1)  # (n, F, k + 1)
+        values = h.transpose(1, 2, 0)  # (n, F, k + 1)
         if outside is not None:
             values = np.where(outside[:, :, None], 0.0, values)
         out = np.zeros((n, F * self.n_splines), dtype=dtype)
@@ -604,7 +604,7 @@ class _SplineLinear:
     def _decision(self, X: np.ndarray) -> np.ndarray:
         """X @ coef + intercept, as an element-wise product and one row-wise sum per row."""
         expanded = self.expansion(X)
-        return np.add.reduce(expanded.astype(np.float64) * self.coef, axis=1) + self.intercept
+        return np.add.reduce(expanded.astype(np.float64, copy=False) * self.coef, axis=1) + self.intercept
 
 
 def _spline_linear(pipeline: Any, proba: bool) -> _SplineLinear | None:

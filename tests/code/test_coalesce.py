@@ -93,3 +93,27 @@ def test_calls_are_counted(size: int) -> None:
     coalescer = Coalescer(FakePredictor())
     run_together(coalescer, requests_of(*([1] * size)))
     assert coalescer.calls == 1
+
+
+def test_under_load_requests_one_turn_apart_join_the_same_call() -> None:
+    """After a call that scored several requests the next call waits one more turn of the loop; after
+    a lone request it does not."""
+    predictor = FakePredictor()
+    coalescer = Coalescer(predictor)
+
+    async def two_waves() -> list:
+        first = asyncio.ensure_future(coalescer.predict([{"value": 1}]))
+        await asyncio.sleep(0)  # the first request queues itself and schedules the scoring
+        second = asyncio.ensure_future(coalescer.predict([{"value": 2}]))
+        return await asyncio.gather(first, second)
+
+    async def scenario() -> None:
+        await two_waves()  # idle: the first request is scored alone, the second after it
+        assert predictor.calls == [[1], [1]]
+        await asyncio.gather(*(coalescer.predict([{"value": v}]) for v in (3, 4)))  # a loaded turn
+        assert predictor.calls[-1] == [1, 1]
+        await two_waves()  # loaded: the two waves share one call
+        assert predictor.calls[-1] == [1, 1]
+        assert len(predictor.calls) == 4
+
+    asyncio.run(scenario())
