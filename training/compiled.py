@@ -717,7 +717,7 @@ class _Isotonic:
         T = np.asarray(raw, dtype=self.x.dtype).reshape(-1)
         if not np.isfinite(T).all():
             return self.calibrator.predict(raw)  # scikit-learn raises
-        T = np.clip(T, self.low, self.high)
+        T = np.minimum(np.maximum(T, self.low), self.high)  # np.clip (T is finite), without its wrapper
         if len(self.y) == 1:
             res = self.y.repeat(T.shape)
         elif self.use_interp:

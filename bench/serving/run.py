@@ -889,7 +889,9 @@ def section(
         "(FastHttpUser, exact latencies from its request hook). A failure is any answer that is not HTTP 200 "
         "with the predictions in it, or a socket error or timeout. Load generator and server share the "
         f"cores. Predictions/s counts records answered (`growth serve` answers every served subject per "
-        f"record; MLflow only math growth). Failed requests in total: **{failed}**.",
+        f"record; MLflow only math growth). In-process rows run in one process after `gc.freeze()`, as a "
+        "`growth serve` worker does once its champions are loaded (serving/server_fixes.py). Failed "
+        f"requests in total: **{failed}**.",
         "",
         table(results),
         "",
