@@ -420,6 +420,22 @@ def test_records_one_at_a_time_equal_any_batch_and_the_frame(predictor, edge_inp
     assert any("no prior_math_score" in w for w in warned)
 
 
+def test_requests_scored_together_equal_each_scored_alone(predictor, edge_inputs) -> None:
+    """The service's coalescing (serving.coalesce): several requests in one call, each answer equal to
+    scoring that request alone, warnings (unseen schools, missing priors) included."""
+    picks = np.random.default_rng(SEED + 5).permutation(len(edge_inputs))[:400]
+    rows = records(edge_inputs.iloc[picks].reset_index(drop=True))
+    sizes = [1, 3, 1, 40, 7, 1, 90, 2, 255]  # both sides of the per-element threshold, alone and merged
+    requests, start = [], 0
+    for size in sizes:
+        requests.append(rows[start : start + size])
+        start += size
+    together = predictor.predict_many(requests)
+    alone = [predictor.predict(request) for request in requests]
+    assert together == alone
+    assert any(answer["warnings"] for answer in alone)
+
+
 def test_a_support_model_with_its_own_transform_uses_it(predictor, edge_inputs) -> None:
     growth, support = predictor.served.growth["reading"], predictor.served.support["reading"]
     other = pickle.loads(pickle.dumps(support.model))
