@@ -205,16 +205,12 @@ class Predictor:
 
     def predict(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Validated records (dicts) to the API response (a plain dict, ready for JSON)."""
-        columns = columns_of(records, self.columns)
-        results = self.predict_columns(columns, len(records))
-        return assemble(records, results, self.served, self.infos)
+        return self.predict_many([records])[0]
 
     def predict_many(self, requests: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-        """Several requests' records scored in one pass, one response per request: each equal to
-        ``predict(records)`` (every evaluator scores each row on its own), at the cost of one call.
-        The service uses it to answer requests that arrive together (``serving.coalesce``)."""
-        if len(requests) == 1:
-            return [self.predict(requests[0])]
+        """Several requests' records scored in one pass, one response per request: each the same as
+        scoring that request alone (every evaluator scores each row on its own), at the cost of one
+        call. The service uses it to answer requests that arrive together (``serving.coalesce``)."""
         records = [record for request in requests for record in request]
         results = self.predict_columns(columns_of(records, self.columns), len(records))
         answers, start = [], 0
