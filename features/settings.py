@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     port: int = Field(3000, description="HTTP port of the server.")
     access_log: bool = Field(
         False,
-        description="One log line per HTTP request (off: about 15% more requests/s; /metrics counts them).",
+        description="One log line per HTTP request (/metrics counts every request; cost: docs/serving.md).",
     )
 
     @computed_field(description="The default district's config: data_dir / config_name.")

@@ -527,7 +527,7 @@ def serve(
     access_log: bool = typer.Option(
         S.access_log,
         "--access-log/--no-access-log",
-        help="One log line per request (off by default: about 15% more requests/s; /metrics counts them).",
+        help="One log line per request (off by default; /metrics counts requests; cost: docs/serving.md).",
     ),
 ) -> None:
     """Serve every champion over HTTP: POST /predict, GET /models, /docs, /healthz, /readyz, /metrics."""
