@@ -29,6 +29,7 @@ import highspy
 import numpy as np
 import pandas as pd
 from scipy.interpolate import BSpline
+from threadpoolctl import threadpool_limits
 
 PERCENTILE_TAUS: tuple[float, ...] = tuple(float(t) for t in (np.arange(1, 101) - 0.5) / 100)
 """R's ``(1:100 - 0.5)/100``: the 100 percentile midpoints the package fits."""
@@ -57,7 +58,8 @@ class SGPConfig:
     max_order: int = 2
     min_cohort_size: int = 100  # project default; the package's sgp.cohort.size defaults to no minimum
     preprocess: bool = True  # Portnoy-Koenker band preprocessing (exact); False solves every LP in full
-    band_size: int = 800  # observations kept in each preprocessed LP (doubled when it proves too small)
+    band_size: int = 800  # least observations kept in each preprocessed LP (doubled when it proves too small)
+    band_share: float = 0.03  # ... or this share of the cohort, if more: the band keeps its width in taus
 
     def __post_init__(self) -> None:
         taus = np.asarray(self.taus)
@@ -67,6 +69,8 @@ class SGPConfig:
             raise ValueError("knot_probs must lie within (0, 1)")
         if self.max_order < 1 or self.min_cohort_size < 1 or self.band_size < 10:
             raise ValueError("max_order, min_cohort_size must be >= 1 and band_size >= 10")
+        if not 0 <= self.band_share < 0.5:
+            raise ValueError("band_share must lie within [0, 0.5)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,23 +396,37 @@ def _verify(model: _WorkingSet, tau: float, above: np.ndarray) -> np.ndarray | N
 
 
 def quantile_coefficients(
-    X: np.ndarray, y: np.ndarray, taus: Sequence[float], preprocess: bool = True, band_size: int = 800
+    X: np.ndarray,
+    y: np.ndarray,
+    taus: Sequence[float],
+    preprocess: bool = True,
+    band_size: int = 800,
+    band_share: float = 0.03,
 ) -> np.ndarray:
     """Exact linear quantile-regression coefficients (len(taus) x p) of y on X at every tau.
 
     ``preprocess=False`` is the plain path (every LP on all rows); both return optima of the same LPs.
     Preprocessing is used only when the band is well below the number of observations.
     """
-    return _fit_coefficients(X, y, np.asarray(taus, dtype=float), preprocess, band_size)[0]
+    return _fit_coefficients(X, y, np.asarray(taus, dtype=float), preprocess, band_size, band_share)[0]
+
+
+def band_for(n: int, band_size: int, band_share: float) -> int:
+    """Observations in a preprocessed LP: ``band_size``, or ``band_share`` of the cohort if more.
+
+    A fixed count is a narrower strip of taus in a larger cohort: more students then land on the wrong
+    side of the band and each tau takes more re-solves (docs/sgp.md measures both)."""
+    return max(band_size, math.ceil(band_share * n))
 
 
 def _fit_coefficients(
-    X: np.ndarray, y: np.ndarray, taus: np.ndarray, preprocess: bool, band_size: int
+    X: np.ndarray, y: np.ndarray, taus: np.ndarray, preprocess: bool, band_size: int, band_share: float
 ) -> tuple[np.ndarray, int]:
     """Coefficients and the number of simplex iterations HiGHS needed."""
     dual = _QuantileDual(X, y)
-    if preprocess and dual.n > 3 * band_size:
-        return _solve_preprocessed(dual, taus, band_size)
+    band = band_for(dual.n, band_size, band_share)
+    if preprocess and dual.n > 3 * band:
+        return _solve_preprocessed(dual, taus, band)
     return _solve_plain(dual, taus)
 
 
@@ -477,7 +495,7 @@ def fit_cohort(
     if len(y) <= X.shape[1]:
         raise ValueError(f"{len(y)} students cannot identify {X.shape[1]} coefficients")
     taus = np.asarray(config.taus, dtype=float)
-    coef, iterations = _fit_coefficients(X, y, taus, config.preprocess, config.band_size)
+    coef, iterations = _fit_coefficients(X, y, taus, config.preprocess, config.band_size, config.band_share)
     return CohortFit(
         knots=tuple(np.asarray(k, dtype=float) for k in knots),
         boundaries=tuple(np.asarray(b, dtype=float) for b in boundaries),
@@ -597,9 +615,17 @@ def _run_tasks(
         yield from _with_progress(map(_run_task, tasks), len(tasks), progress)
         return
     context = multiprocessing.get_context(_START_METHOD)
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=context, initializer=_one_blas_thread
+    ) as pool:
         futures = [pool.submit(_run_task, t) for t in tasks]  # workers start here, before any bar thread
         yield from _with_progress((f.result() for f in as_completed(futures)), len(tasks), progress)
+
+
+def _one_blas_thread() -> None:
+    """Each worker's matrix products on one BLAS thread: the workers already fill the cores, and
+    OpenBLAS's threads in every worker on top of them halved the speed of the whole fit (docs/sgp.md)."""
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def _with_progress(results: Iterable[_T], total: int, progress: bool) -> Iterator[_T]:
