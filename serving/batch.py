@@ -209,6 +209,14 @@ def forecast_data(source: Source, progress: bool = False) -> DistrictData:
     return DistrictData(source, district, pd.DataFrame(), pd.DataFrame(), fingerprint="")
 
 
+def historical_data(source: Source, progress: bool = False) -> DistrictData:
+    """What a past year's scoring reads: the whole validated history (its growth pairs, and every year's
+    scores for the SGP knots), but not the school-year aggregates or the data fingerprint, which only
+    training and reports use."""
+    district = source.load(progress)
+    return DistrictData(source, district, growth_pairs(district), pd.DataFrame(), fingerprint="")
+
+
 def score_year(
     source: Source,
     year: int | None,
@@ -220,13 +228,17 @@ def score_year(
 ) -> BatchResult:
     """Score every student of ``year`` (default: next year) and write predictions + the side file.
 
-    ``needed_years_only`` with the default year (a forecast) of a config-file district: read only the
-    school years the forecast uses (``forecast_data``) instead of loading and validating the whole history.
+    ``needed_years_only``: read only what this case uses. A forecast (the default year) of a config-file
+    district reads its last two school years (``forecast_data``); a past year reads the whole history but
+    builds only the growth pairs (``historical_data``).
     """
     clock = PhaseClock(progress)
     with clock("load and validate"):
-        if data is None and needed_years_only and year is None and source.config is not None:
-            data = forecast_data(source, progress)
+        if data is None and needed_years_only:
+            if year is None and source.config is not None:
+                data = forecast_data(source, progress)
+            elif year is not None:
+                data = historical_data(source, progress)
         data = data or load_data(source, progress=progress)
     with clock("load models"):
         predictor = predictor or Predictor.from_store()

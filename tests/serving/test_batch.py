@@ -66,6 +66,28 @@ def test_historical_year_adds_actual_growth_and_sgp_and_lists_the_unscorable(tra
     assert scored.loc[ok, "math_sgp"].between(1, 99).all()
 
 
+def test_a_past_year_skips_the_aggregates_and_writes_what_the_whole_load_gives(
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`growth predict --year` builds only the growth pairs (no school-year aggregates, no fingerprint);
+    its file equals the one scored from the fully loaded data, SGPs included."""
+    import serving.batch as batch
+    from training.data import Source, load_data
+
+    source = Source(config=trained.district / "district.toml")
+    full = batch.score_year(source, 2025, tmp_path / "full.parquet", data=load_data(source))
+
+    def no_full_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a past year loaded the aggregates it does not use")
+
+    monkeypatch.setattr(batch, "load_data", no_full_load)
+    light = batch.score_year(source, 2025, tmp_path / "light.parquet", needed_years_only=True)
+    assert (light.scored, light.unscorable) == (full.scored, full.unscorable)
+    written = pd.read_parquet(tmp_path / "light.parquet")
+    assert written["math_sgp"].notna().mean() > 0.8
+    pd.testing.assert_frame_equal(written, pd.read_parquet(tmp_path / "full.parquet"))
+
+
 def test_batch_file_equals_the_http_logic_for_the_same_records(trained, forecast: Path) -> None:
     """The rows written by `growth predict` and Predictor.predict (what POST /predict runs) agree exactly."""
     from serving.batch import forecast_frame
