@@ -40,7 +40,13 @@ class Settings(BaseSettings):
 
     # Tuning and training.
     trials: int = Field(30, description="Finished trials per study.")
-    timeout: float = Field(60.0, description="Seconds per study (per worker): make run tunes 10 studies.")
+    timeout: float = Field(
+        60.0,
+        description=(
+            "Seconds per study (per worker): no trial starts after it, one in progress finishes; "
+            "make run tunes 10 studies."
+        ),
+    )
     tune_rows: int = Field(60_000, description="Training rows per tuning trial (0 = all).")
     margin_pct: float = Field(
         8.0, description="Growth gate: test RMSE at least this % below the linear baseline."

@@ -156,6 +156,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         self.mean_ = raw.mean(axis=0)
         scale = raw.std(axis=0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0)
+        self.held_ = np.flatnonzero(scale <= 1e-12)  # constant in training: see ``transform``
         return self
 
     def _names(self) -> list[str]:
@@ -293,7 +294,15 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         )
 
     def transform(self, X: Any) -> np.ndarray:
-        return ((self._raw(X) - self.mean_) / self.scale_).astype(np.float32)
+        """Standardised features. A column that never varied in training (a prior two years back in a
+        3-year district, the missing flag of a field training never lacked, a gender it never saw) is held
+        at its training value: no model learned what a change in it means, and a network's untrained
+        weights on it turned such a change into errors of 20+ points (docs/architecture.md)."""
+        out = ((self._raw(X) - self.mean_) / self.scale_).astype(np.float32)
+        held = getattr(self, "held_", None)  # None: a model saved before this rule
+        if held is not None and held.size:
+            out[:, held] = 0.0
+        return out
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         return np.asarray(self.feature_names_)

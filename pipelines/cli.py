@@ -303,7 +303,11 @@ def tune(
     trials: int = typer.Option(
         S.trials, "--trials", help="Finished trials per study (resumed studies count)."
     ),
-    timeout: float = typer.Option(S.timeout, "--timeout", help="Seconds per study per worker."),
+    timeout: float = typer.Option(
+        S.timeout,
+        "--timeout",
+        help="Seconds per study per worker; no trial starts after it, one in progress finishes.",
+    ),
     workers: int = typer.Option(1, "--workers", help="Worker processes on each study."),
     storage: str = STORAGE_OPT,
     tune_rows: int = typer.Option(S.tune_rows, "--tune-rows", help="Training rows per trial (0 = all)."),

@@ -235,6 +235,11 @@ class Predictor:
             out[f"{subject}_growth_high"] = np.where(valid, result["high"], np.nan)
             out[f"{subject}_needs_support_probability"] = np.where(valid, result["needs_support"], np.nan)
             out[f"{subject}_school_unseen"] = result["unseen"]
+            # scored in another subject but not this one: say why here (the side file lists only
+            # students with no prediction at all)
+            out[f"{subject}_not_scored"] = pd.array(
+                np.where(valid, None, f"no {prior_score_column(subject)}"), dtype="string"
+            )
         return pd.DataFrame(out, index=frame.index)
 
 
@@ -294,6 +299,6 @@ def unseen_warnings(school_ids: Sequence[Any], unseen_by_subject: Mapping[str, n
             by_school.setdefault(str(school_ids[index]), set()).add(int(index))
     return [
         f"{_records_text(sorted(indices))}: school '{school}' unknown to the model; district-level school "
-        "aggregates used (wider intervals)"
+        "aggregates used, and an interval calibrated on students whose school was made unknown"
         for school, indices in sorted(by_school.items(), key=lambda item: min(item[1]))
     ]

@@ -93,9 +93,10 @@ async def predict(request: Request) -> Response:
     subject: predicted growth (target-year score minus prior score), the predicted score, a prediction
     interval (level in ``models[].interval_level``) and, where a needs-support model is served, the
     probability of scoring below the proficient cut next year. Records of schools the model never saw
-    use district-level school aggregates (wider intervals) and are listed in ``warnings``. A subject
-    whose prior score a record lacks is null for that record. Invalid input gets HTTP 400 with one
-    message per problem, naming the record index and field; values are never echoed."""
+    use district-level school aggregates and an interval calibrated for unseen schools (usually wider),
+    and are listed in ``warnings``. A subject whose prior score a record lacks is null for that record.
+    Invalid input gets HTTP 400 with one message per problem, naming the record index and field; values
+    are never echoed."""
     length = request.headers.get("content-length", "0")
     if length.isdigit() and int(length) > MAX_BODY_BYTES:
         return error(413, f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer records per request")

@@ -99,6 +99,32 @@ def test_missing_optional_fields_are_imputed_not_refused(prepared) -> None:
     assert (raw[:, prepared.transform.feature_names_.index("prior_math_score_missing")] == 0).all()
 
 
+def test_a_column_constant_in_training_is_held_at_its_training_value(prepared) -> None:
+    """A 3-year district: no training pair has the score two years back, every test pair has it. The
+    model never saw those columns vary, so whatever a record sends, they stay as in training; every
+    other column still follows the input."""
+    from features.transform import GrowthTransform
+
+    transform = prepared.transform
+    train = prepared.inputs("train").copy()
+    train["prior2_math_score"] = np.nan
+    train["prior2_reading_score"] = np.nan
+    fitted = GrowthTransform(**transform.get_params()).fit(train)
+    names = fitted.feature_names_
+    held = {names[j] for j in fitted.held_}
+    assert {"prior2_math_score", "prior2_math_score_missing", "prior2_math_score_z", "gain_math"} <= held
+    assert "prior_math_score" not in held
+    test = prepared.inputs("test").head(200)
+    assert test["prior2_math_score"].notna().mean() > 0.5
+    out = fitted.transform(test)
+    columns = sorted(fitted.held_)
+    assert (out[:, columns] == 0.0).all()
+    assert np.array_equal(out[:, columns], fitted.transform(train.head(200))[:, columns])
+    assert out[:, names.index("prior_math_score")].std() > 0.1  # a column that varied still follows
+    single = np.vstack([fitted.transform(columns_of([r], prepared.input_columns)) for r in records(test)])
+    assert np.array_equal(out, single)
+
+
 def test_protected_attributes_can_be_left_out(long_district: Path) -> None:
     data = load_data(Source(config=long_district / "district.toml"))
     without = prepare(data, DataConfig("math", protected_inputs=False))

@@ -47,6 +47,9 @@ def test_forecast_scores_every_student_or_says_why_not(trained, forecast: Path) 
         inside = scored.loc[has, f"{subject}_growth_low"] < scored.loc[has, f"{subject}_predicted_growth"]
         assert inside.all()
         assert scored.loc[has, f"{subject}_needs_support_probability"].between(0, 1).all()
+        assert scored.loc[has, f"{subject}_not_scored"].isna().all()
+        assert (~has).any()  # students with only the other subject's prior: scored, with the reason
+        assert scored.loc[~has, f"{subject}_not_scored"].eq(f"no prior_{subject}_score").all()
     assert not list(forecast.parent.glob(".*"))  # no temporary file left behind
 
 
