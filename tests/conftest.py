@@ -77,6 +77,10 @@ def trained(long_district: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
         patch.setenv("GROWTH_OPTUNA_STORAGE", storage)
+        # MLflow writes run artifacts under ./mlruns of the directory its store was opened in: the
+        # session's folder, never the project's own mlruns
+        project = Path.cwd()
+        patch.chdir(folder)
         source = Source(config=long_district / "district.toml")
         data = load_data(source)
         results = {}
@@ -100,4 +104,5 @@ def trained(long_district: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 source, data_config, families=("lgbm", "linear"), out_dir=folder / "evaluation"
             )
             results[subject] = train_subject(config, data)
+        os.chdir(project)  # the tests themselves run from the project, as always
         yield Trained(long_district, folder, storage, results)
