@@ -38,7 +38,9 @@ class Problem:
             where += f", row{'s' if len(self.rows) > 1 else ''} {shown}{more}"
         if self.column:
             where += f", column '{self.column}'"
-        found = f"; found {', '.join(repr(f) for f in self.found[:MAX_ROWS_SHOWN])}" if self.found else ""
+        said = "found an empty cell" in self.expected  # the values would only repeat it: ''
+        shown = self.found[:MAX_ROWS_SHOWN]
+        found = f"; found {', '.join(repr(f) for f in shown)}" if shown and not said else ""
         return f"{where}: expected {self.expected}{found}"
 
 

@@ -252,3 +252,14 @@ def test_cli_validate_prints_what_was_read_and_the_pair_reasons() -> None:
     assert "read 25 rows from 3 file(s)" in result.output
     assert "5 students, 13 student-years, 2 schools, school years 2021, 2022, 2023" in result.output
     assert "repeated_grade" in result.output and "no_prior_record" in result.output
+
+
+def test_a_problem_names_what_was_found_once() -> None:
+    from features.validation import Problem
+
+    empty = Problem("a.csv", "ScaleScore", (3,), "a scale score, found an empty cell", ("",))
+    assert str(empty) == "a.csv, row 3, column 'ScaleScore': expected a scale score, found an empty cell"
+    text = Problem("a.csv", "ScaleScore", (3, 5), "a number (a scale score)", ("abc", "x"))
+    assert str(text) == (
+        "a.csv, rows 3, 5, column 'ScaleScore': expected a number (a scale score); found 'abc', 'x'"
+    )
