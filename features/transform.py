@@ -252,8 +252,9 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         absent = [None] * n
         return np.array([X.get(name, absent) for name in self.numeric_], dtype=float).reshape(-1, n).T
 
-    def _raw(self, X: Any) -> np.ndarray:
-        """Unstandardised features (names in ``feature_names_``), in a few whole-block operations."""
+    def _raw(self, X: Any, school_rows: np.ndarray | None = None) -> np.ndarray:
+        """Unstandardised features (names in ``feature_names_``), in a few whole-block operations;
+        ``school_rows``: ``self.school_rows(X)[0]`` when the caller has it already."""
         n = _length(X)
         grade = self.grade_lookup_.positions(_column(X, "grade", n), n)
         values = self._numeric_values(X, n)
@@ -281,7 +282,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         blocks += [
             np.where(parent < 0, self.parent_fill_, parent)[:, None],
             (parent < 0)[:, None],
-            self.school_matrix_[self.school_rows(X)[0]],
+            self.school_matrix_[self.school_rows(X)[0] if school_rows is None else school_rows],
         ]
         return np.hstack(blocks).astype(np.float64, copy=False)
 
@@ -298,7 +299,15 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         3-year district, the missing flag of a field training never lacked, a gender it never saw) is held
         at its training value: no model learned what a change in it means, and a network's untrained
         weights on it turned such a change into errors of 20+ points (docs/architecture.md)."""
-        out = ((self._raw(X) - self.mean_) / self.scale_).astype(np.float32)
+        return self._standardised(self._raw(X))
+
+    def transform_with_unseen(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``transform(X)`` and ``unseen_school(X)`` from one school lookup (serving needs both)."""
+        rows, unseen = self.school_rows(X)
+        return self._standardised(self._raw(X, rows)), unseen
+
+    def _standardised(self, raw: np.ndarray) -> np.ndarray:
+        out = ((raw - self.mean_) / self.scale_).astype(np.float32)
         held = getattr(self, "held_", None)  # None: a model saved before this rule
         if held is not None and held.size:
             out[:, held] = 0.0

@@ -187,8 +187,8 @@ class Predictor:
             model = champion.model
             prior = columns.get(prior_score_column(subject))
             lacking = np.ones(n, bool) if prior is None else isna(prior)
-            features = model.features(columns)
-            result = model.predict_interval(columns, features=features)
+            features, unseen = model.features_and_unseen(columns)
+            result = model.predict_interval(columns, features=features, unseen=unseen)
             support = self.served.support.get(subject)
             if support is not None:
                 own = (

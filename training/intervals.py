@@ -21,6 +21,7 @@ wrong for a whole group. Models saved before the group quantile use the per-buck
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,15 +135,56 @@ class GroupDesign:
         buckets = [f"bucket={b}" for b in range(1, 2 * len(MISSING_BUCKETS))]
         return ["intercept", *buckets, *GROUP_FLAGS, "gender=F"]
 
-    def matrix(self, X: pd.DataFrame | dict, n_missing: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    def matrix(
+        self,
+        X: pd.DataFrame | dict,
+        n_missing: np.ndarray,
+        unseen: np.ndarray,
+        bucket: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """0/1 columns (float64) of the kept indicators, computing only those. ``bucket``:
+        ``bucket_of(n_missing, unseen)`` when the caller has it already."""
         n = len(n_missing)
-        bucket = bucket_of(n_missing, unseen)
-        named = {"intercept": np.ones(n, dtype=bool)}
-        named.update({f"bucket={b}": bucket == b for b in range(1, 2 * len(MISSING_BUCKETS))})
-        named.update({flag: _flag(X, flag, n) for flag in GROUP_FLAGS})
-        named["gender=F"] = _text(X, "gender", n) == "F"
-        keep = self.columns or tuple(named)
-        return np.column_stack([named[c] for c in keep]).astype(np.float64)
+        bucket = bucket_of(n_missing, unseen) if bucket is None else bucket
+        layout = _layout(self.columns or tuple(self.all_columns()))
+        out = np.zeros((n, layout.width))
+        if layout.intercept is not None:
+            out[:, layout.intercept] = 1.0
+        if layout.bucket_columns:
+            out[:, layout.bucket_columns] = bucket[:, None] == layout.bucket_values
+        for j, flag in layout.flags:
+            out[:, j] = _flag(X, flag, n)
+        if layout.female is not None:
+            out[:, layout.female] = _text(X, "gender", n) == "F"
+        return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each kind of indicator sits in a design's columns."""
+
+    width: int
+    intercept: int | None
+    bucket_columns: list[int]
+    bucket_values: np.ndarray
+    flags: tuple[tuple[int, str], ...]
+    female: int | None
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(columns: tuple[str, ...]) -> _Layout:
+    position = {name: j for j, name in enumerate(columns)}
+    buckets = [
+        (j, int(name.removeprefix("bucket="))) for j, name in enumerate(columns) if name.startswith("bucket=")
+    ]
+    return _Layout(
+        width=len(columns),
+        intercept=position.get("intercept"),
+        bucket_columns=[j for j, _ in buckets],
+        bucket_values=np.array([b for _, b in buckets], dtype=np.int64),
+        flags=tuple((position[f], f) for f in GROUP_FLAGS if f in position),
+        female=position.get("gender=F"),
+    )
 
 
 def fit_group_quantile(
@@ -195,12 +237,14 @@ class IntervalModel:
         self, X: pd.DataFrame | dict | None, n_missing: np.ndarray, unseen: np.ndarray
     ) -> np.ndarray:
         """The conformal multiplier of sigma for each record."""
-        bucket = self.quantiles[bucket_of(n_missing, unseen)]
+        buckets = bucket_of(n_missing, unseen)
+        bucket = self.quantiles[buckets]
         if self.group_coef is None or self.groups is None or X is None:
             return bucket
         # an element-wise product and a row-wise sum: a row's multiplier does not depend on the batch
         # (a BLAS matrix-vector product's rounding does)
-        q = np.add.reduce(self.groups.matrix(X, n_missing, unseen) * self.group_coef, axis=1)
+        design = self.groups.matrix(X, n_missing, unseen, buckets)
+        q = np.add.reduce(design * self.group_coef, axis=1)
         return np.maximum(q, 0.05 * bucket)  # a rare combination of indicators never gets a vanishing width
 
     def halfwidth(

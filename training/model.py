@@ -66,14 +66,19 @@ class GrowthModel(BaseEstimator, RegressorMixin):
     def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
         return self.predict_features(self.features(X))
 
+    def features_and_unseen(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
+        """``features(X)`` and whether each record's school is unseen, from one school lookup."""
+        both = getattr(self.transform, "transform_with_unseen", None)
+        return both(X) if both is not None else (self.features(X), self.transform.unseen_school(X))
+
     def predict_interval(
-        self, X: pd.DataFrame | dict, features: np.ndarray | None = None
+        self, X: pd.DataFrame | dict, features: np.ndarray | None = None, unseen: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """Prediction, interval bounds, whether the school was unseen, and the fields missing.
-        ``features``: ``self.features(X)`` when the caller has it already."""
+        ``features``, ``unseen``: ``self.features_and_unseen(X)`` when the caller has them already."""
         features = self.features(X) if features is None else features
         predicted = self.predict_features(features)
-        unseen = self.transform.unseen_school(X)
+        unseen = self.transform.unseen_school(X) if unseen is None else unseen
         missing = count_missing(X, self.interval.optional) if self.interval else np.zeros(len(predicted), int)
         half = (
             self.interval.halfwidth(features, missing, unseen, X)
