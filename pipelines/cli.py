@@ -483,6 +483,11 @@ def predict(
         except ValueError as err:
             raise fail(str(err)) from None
     typer.echo(f"scored {result.scored:,} students of {result.year} -> {out}")
+    for subject in result.without_support:
+        typer.echo(
+            f"no needs-support champion for {subject} (none passed its gate): "
+            f"{subject}_needs_support_probability is empty"
+        )
     if result.unscorable:
         typer.echo(f"{result.unscorable:,} students could not be scored; reasons in {result.side_file}")
 

@@ -42,6 +42,7 @@ class BatchResult:
     out: Path
     side_file: Path | None
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, in order
+    without_support: list[str] = field(default_factory=list)  # subjects with no needs-support champion
 
 
 class PhaseClock:
@@ -270,7 +271,9 @@ def score_year(
             side = out.with_name(f"{out.stem}_unscored.csv")
             columns = [c for c in ("student_id", "current_grade", "grade", "school_id") if c in unscorable]
             write_atomic_frame(unscorable[columns].assign(reason=reasons[reasons != ""].to_numpy()), side)
-    return BatchResult(year, len(result), len(unscorable), out, side, clock.seconds)
+    return BatchResult(
+        year, len(result), len(unscorable), out, side, clock.seconds, predictor.served.without_support
+    )
 
 
 def add_actuals_and_sgp(

@@ -97,6 +97,11 @@ class Served:
         return list(self.growth)
 
     @property
+    def without_support(self) -> list[str]:
+        """Subjects served with a growth champion but no needs-support champion (none passed its gate)."""
+        return [s for s in self.subjects if s not in self.support]
+
+    @property
     def infos(self) -> list[ModelInfo]:
         return [c.info for s in self.subjects for c in (self.growth[s], self.support.get(s)) if c is not None]
 

@@ -136,3 +136,27 @@ def test_grade_tables_without_a_schools_file_list_every_school(long_district: Pa
     schools = pd.read_csv(out / "school_summary.csv")
     assert len(by_grade) == len(schools) > 3
     assert by_grade.drop(columns="School Name").notna().any(axis=1).all()  # every school has a grade
+
+
+def test_predict_says_which_subject_has_no_needs_support_champion(
+    long_district: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A support champion that failed its gate is not served: the file's column for it is empty, and
+    the command says so instead of leaving a column of NaN unexplained."""
+    import serving.batch
+    from serving.predictor import Served
+
+    out = tmp_path / "p.parquet"
+
+    def scored(*args: object, **kwargs: object) -> serving.batch.BatchResult:
+        return serving.batch.BatchResult(2025, 10, 0, out, None, {}, without_support=["math"])
+
+    monkeypatch.setattr(serving.batch, "score_year", scored)
+    result = CliRunner().invoke(
+        app, ["predict", "--config", str(long_district / "district.toml"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "no needs-support champion for math (none passed its gate)" in result.output
+    assert "reading" not in result.output
+    served = Served(growth={"math": object(), "reading": object()}, support={"reading": object()})
+    assert served.without_support == ["math"]
