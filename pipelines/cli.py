@@ -77,6 +77,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+ROW_NOTE = "\n(rows are counted from the first data row: row N is line N + 1 of a CSV file, below its header)"
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the project's user-facing errors into a message and exit code 1."""
@@ -92,6 +95,7 @@ def user_errors() -> Iterator[None]:
         raise fail(
             f"{len(err.problems)} problem(s) in the input data:\n"
             + "\n".join(f"  - {p}" for p in err.problems)
+            + ROW_NOTE * any(p.rows for p in err.problems)
         ) from None
     except ConfigError as err:
         raise fail(

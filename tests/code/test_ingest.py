@@ -200,8 +200,7 @@ def test_unknown_key_names_the_key_and_what_is_allowed(district_dir: Path) -> No
         load_config(district_dir / "district.toml")
     assert (
         "key 'school_columns.colour': an unknown key; allowed here: "
-        "budget, level, school_id, school_name, size, type"
-        in (messages(err.value))
+        "budget, level, school_id, school_name, size, type" in (messages(err.value))
     )
     assert str(district_dir / "district.toml") in messages(err.value)
 
@@ -252,6 +251,20 @@ def test_cli_validate_prints_what_was_read_and_the_pair_reasons() -> None:
     assert "read 25 rows from 3 file(s)" in result.output
     assert "5 students, 13 student-years, 2 schools, school years 2021, 2022, 2023" in result.output
     assert "repeated_grade" in result.output and "no_prior_record" in result.output
+
+
+def test_cli_row_numbers_are_data_rows_and_the_message_says_which_line_that_is(district_dir: Path) -> None:
+    path = district_dir / "scores_2021.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[2].split(",")
+    fields[4] = "abc"  # Scale Score of the second data row, line 3
+    lines[2] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["validate", "--config", str(district_dir / "district.toml")])
+    assert result.exit_code == 1
+    assert "scores_2021.csv, row 2, column 'Scale Score'" in result.output
+    assert "row N is line N + 1 of a CSV file" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_problem_names_what_was_found_once() -> None:
