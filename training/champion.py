@@ -44,10 +44,15 @@ def write_folder(folder: Path, files: dict[str, str | bytes]) -> None:
         tmp.rmdir()
 
 
+def champion_label(name: str, refit: bool) -> str:
+    """How the champion's row is named: refitted on train + validation, or as fitted on train."""
+    return f"{name}, refit" if refit else f"{name}, as fitted on train"
+
+
 def comparison_table(
-    baselines: dict, candidates: list, champion_metrics: dict, champion_name: str
+    baselines: dict, candidates: list, champion_metrics: dict, champion_name: str, refit: bool = True
 ) -> pd.DataFrame:
-    """One row per baseline, candidate (train-only fit) and the refitted champion."""
+    """One row per baseline, candidate (train-only fit) and the champion (refitted unless --no-refit)."""
     keys = ("val_rmse", "test_mae", "test_rmse", "test_r2", "rmse_reduction_vs_baseline_pct")
     rows = [{"model": name, **{k: m.get(k, np.nan) for k in keys}} for name, m in baselines.items()]
     rows += [
@@ -60,7 +65,10 @@ def comparison_table(
         for c in candidates
     ]
     rows.append(
-        {"model": f"champion ({champion_name}, refit)", **{k: champion_metrics.get(k, np.nan) for k in keys}}
+        {
+            "model": f"champion ({champion_label(champion_name, refit)})",
+            **{k: champion_metrics.get(k, np.nan) for k in keys},
+        }
     )
     return pd.DataFrame(rows)
 
@@ -110,7 +118,7 @@ def finish_growth_champion(
     floor = ev.noise_floor(test, actual, out["predicted"], truth, subject) if truth is not None else {}
     metrics.update(floor)
     importance, curves = drivers(model, prepared)
-    comparison = comparison_table(baselines, candidates, metrics, choice.name)
+    comparison = comparison_table(baselines, candidates, metrics, choice.name, config.refit)
     baseline_rmse = baselines[HEADLINE_BASELINE]["test_rmse"]
     required = baseline_rmse * (1 - config.margin / 100.0)
     behaviour = behaviour_checks(model, prepared.inputs("test"), "growth", prepared.config.seed)
@@ -142,7 +150,16 @@ def finish_growth_champion(
     folder = Path(config.out_dir) / subject
     files = {
         "evaluation.md": growth_markdown(
-            subject, choice.name, prepared, metrics, comparison, per_year, subgroups, coverage, floor
+            subject,
+            choice.name,
+            prepared,
+            metrics,
+            comparison,
+            per_year,
+            subgroups,
+            coverage,
+            floor,
+            config.refit,
         ),
         "families.csv": comparison.to_csv(index=False),
         "subgroups.csv": subgroups.to_csv(index=False),
@@ -166,7 +183,7 @@ def finish_growth_champion(
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(folder), "evaluation")
         for fig_name, figure in ev.residual_figures(
-            actual, out["predicted"], f"{choice.name} (refit)"
+            actual, out["predicted"], f"{choice.name} ({'refit' if config.refit else 'as fitted'})"
         ).items():
             log_figure(figure, f"plots/{fig_name}")
         log_figure(
@@ -238,6 +255,7 @@ def growth_markdown(
     subgroups: pd.DataFrame,
     coverage: pd.DataFrame,
     floor: dict,
+    refit: bool = True,
 ) -> str:
     """The human-readable evaluation report of the champion."""
     lines = [
@@ -245,8 +263,8 @@ def growth_markdown(
         "",
         f"Validation scheme: {prepared.split.describe()}.",
         "",
-        "## Models (test part; candidates fitted on the training part, the champion refitted on train + "
-        "validation)",
+        "## Models (test part; candidates fitted on the training part, the champion "
+        + ("refitted on train + validation)" if refit else "as fitted on the training part: --no-refit)"),
         "",
         ev.markdown_table(comparison),
         "",

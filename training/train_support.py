@@ -16,7 +16,7 @@ import pandas as pd
 from features.settings import get_settings, support_model_name
 from training import evaluate as ev
 from training.behaviour import behaviour_checks, checks_table
-from training.champion import support_gate, with_behaviour, write_folder
+from training.champion import champion_label, support_gate, with_behaviour, write_folder
 from training.data import Prepared
 from training.families import FeatureInfo
 from training.model import SupportModel
@@ -143,7 +143,7 @@ def train_support(
     behaviour = behaviour_checks(model, prepared.inputs("test"), "support", prepared.config.seed)
     gate = with_behaviour(support_gate(metrics, baselines["baseline_rule"], margin), behaviour)
     metrics["behaviour_checks_passed"] = float(all(c.passed for c in behaviour))
-    table = support_table(baselines, candidates, metrics, choice)
+    table = support_table(baselines, candidates, metrics, choice, config.refit)
     folder = Path(config.out_dir) / subject
     write_folder(
         folder,
@@ -217,7 +217,9 @@ def train_support(
     return summary
 
 
-def support_table(baselines: dict, candidates: dict, champion: dict, choice: str) -> pd.DataFrame:
+def support_table(
+    baselines: dict, candidates: dict, champion: dict, choice: str, refit: bool = True
+) -> pd.DataFrame:
     keys = (
         "test_roc_auc",
         "test_pr_auc",
@@ -230,5 +232,6 @@ def support_table(baselines: dict, candidates: dict, champion: dict, choice: str
     )
     rows = [{"model": n, **{k: m.get(k) for k in keys}} for n, m in baselines.items()]
     rows += [{"model": f"{n} (calibrated)", **{k: c[1].get(k) for k in keys}} for n, c in candidates.items()]
-    rows.append({"model": f"champion ({choice}, refit, calibrated)", **{k: champion.get(k) for k in keys}})
+    label = f"champion ({champion_label(choice, refit)}, calibrated)"
+    rows.append({"model": label, **{k: champion.get(k) for k in keys}})
     return pd.DataFrame(rows)

@@ -60,3 +60,16 @@ def test_noise_floor_from_the_truth() -> None:
     assert floor["noise_floor_rmse"] == pytest.approx(1.0)
     assert floor["test_rmse_over_noise_floor"] == pytest.approx(1.0)
     assert floor["rmse_vs_expected_growth"] == pytest.approx(0.0)
+
+
+def test_the_champion_row_says_whether_it_was_refitted() -> None:
+    from training.champion import comparison_table
+    from training.train_support import support_table
+
+    baselines = {"baseline_naive": {"test_rmse": 3.0}}
+    refitted = comparison_table(baselines, [], {"test_rmse": 2.0}, "lgbm")
+    as_fitted = comparison_table(baselines, [], {"test_rmse": 2.0}, "lgbm", refit=False)
+    assert refitted["model"].iloc[-1] == "champion (lgbm, refit)"
+    assert as_fitted["model"].iloc[-1] == "champion (lgbm, as fitted on train)"
+    support = support_table({}, {}, {"test_brier": 0.1}, "logistic", refit=False)
+    assert support["model"].iloc[-1] == "champion (logistic, as fitted on train, calibrated)"
