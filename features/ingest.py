@@ -381,7 +381,7 @@ def convert_records(
     ids = rec.tidy_text(frame["student_id"])
     missing = ids.isna().to_numpy()
     problems += located.problems(
-        missing, file_column("student_id"), "a student id, found an empty cell", [""] * int(missing.sum())
+        missing, file_column("student_id"), "a student id, found an empty cell"
     )
     out["student_id"] = ids
     years, bad = rec.school_year_values(frame["school_year"])
@@ -434,7 +434,7 @@ def convert_records(
     )
     empty_grade = grade_index == MISSING_GRADE
     problems += located.problems(
-        empty_grade, file_column("grade"), "a grade, found an empty cell", [""] * int(empty_grade.sum())
+        empty_grade, file_column("grade"), "a grade, found an empty cell"
     )
     out["grade"] = np.where(bad_grade, MISSING_GRADE, grade_index).astype(np.int16)
 
@@ -472,7 +472,7 @@ def convert_records(
             )
     empty = ok & np.isnan(scores) & ~bad & ~out["_skipped"]
     problems += located.problems(
-        empty, file_column("scale_score"), "a scale score, found an empty cell", [""] * int(empty.sum())
+        empty, file_column("scale_score"), "a scale score, found an empty cell"
     )
     out["scale_score"] = scores.astype(np.float32)
 
@@ -506,7 +506,7 @@ def convert_records(
     schools = rec.tidy_text(frame[school_key])
     missing = schools.isna().to_numpy()
     problems += located.problems(
-        missing, file_column(school_key), "a school, found an empty cell", [""] * int(missing.sum())
+        missing, file_column(school_key), "a school, found an empty cell"
     )
     out["school_id"] = schools
     for name in ("school_name", "district"):

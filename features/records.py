@@ -37,9 +37,10 @@ class Located:
     row: np.ndarray  # int32 per row, 1-based data row (the file's line is row + 1 for CSV)
 
     def problems(
-        self, mask: np.ndarray, column: str, expected: str, found: Sequence[object] | np.ndarray
+        self, mask: np.ndarray, column: str, expected: str, found: Sequence[object] | np.ndarray = ()
     ) -> list[Problem]:
-        """One Problem per file for the rows in ``mask``, showing the first few values found."""
+        """One Problem per file for the rows in ``mask``, showing the first few values found (none when
+        ``found`` is empty: an empty cell, which ``expected`` already names)."""
         positions = np.flatnonzero(mask)
         if not len(positions):
             return []
@@ -47,7 +48,8 @@ class Located:
         out = []
         for index in np.unique(self.file_index[positions]):
             mine = positions[self.file_index[positions] == index]
-            shown = [str(v) for v in found[np.isin(positions, mine)][:MAX_ROWS_SHOWN]]
+            chosen = found[np.isin(positions, mine)] if len(found) else found
+            shown = [str(v) for v in chosen[:MAX_ROWS_SHOWN]]
             out.append(
                 Problem(
                     self.files[index], column, tuple(int(r) for r in self.row[mine]), expected, tuple(shown)

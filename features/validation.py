@@ -38,9 +38,7 @@ class Problem:
             where += f", row{'s' if len(self.rows) > 1 else ''} {shown}{more}"
         if self.column:
             where += f", column '{self.column}'"
-        said = "found an empty cell" in self.expected  # the values would only repeat it: ''
-        shown = self.found[:MAX_ROWS_SHOWN]
-        found = f"; found {', '.join(repr(f) for f in shown)}" if shown and not said else ""
+        found = f"; found {', '.join(repr(f) for f in self.found[:MAX_ROWS_SHOWN])}" if self.found else ""
         return f"{where}: expected {self.expected}{found}"
 
 

@@ -267,11 +267,21 @@ def test_cli_row_numbers_are_data_rows_and_the_message_says_which_line_that_is(d
     assert "Traceback" not in result.output
 
 
-def test_a_problem_names_what_was_found_once() -> None:
+def test_a_problem_names_what_was_found_once(district_dir: Path) -> None:
     from features.validation import Problem
 
-    empty = Problem("a.csv", "ScaleScore", (3,), "a scale score, found an empty cell", ("",))
-    assert str(empty) == "a.csv, row 3, column 'ScaleScore': expected a scale score, found an empty cell"
+    path = district_dir / "scores_2021.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[2].split(",")
+    fields[4] = ""  # an empty Scale Score in the second data row
+    lines[2] = ",".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ContractError) as err:
+        load_district(district_dir / "district.toml")
+    empty = [str(p) for p in err.value.problems if "empty cell" in str(p)]
+    assert empty == [f"{path}, row 2, column 'Scale Score': expected a scale score, found an empty cell"], (
+        empty
+    )
     text = Problem("a.csv", "ScaleScore", (3, 5), "a number (a scale score)", ("abc", "x"))
     assert str(text) == (
         "a.csv, rows 3, 5, column 'ScaleScore': expected a number (a scale score); found 'abc', 'x'"
