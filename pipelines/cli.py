@@ -95,7 +95,7 @@ def user_errors() -> Iterator[None]:
         raise fail(
             f"{len(err.problems)} problem(s) in the input data:\n"
             + "\n".join(f"  - {p}" for p in err.problems)
-            + ROW_NOTE * any(p.rows for p in err.problems)
+            + (ROW_NOTE if any(p.rows for p in err.problems) else "")
         ) from None
     except ConfigError as err:
         raise fail(

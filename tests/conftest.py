@@ -8,6 +8,7 @@ tests are marked ``slow``: ``pytest -m "not slow"`` is the quick loop, ``make te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -79,30 +80,28 @@ def trained(long_district: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         patch.setenv("GROWTH_OPTUNA_STORAGE", storage)
         # MLflow writes run artifacts under ./mlruns of the directory its store was opened in: the
         # session's folder, never the project's own mlruns
-        project = Path.cwd()
-        patch.chdir(folder)
-        source = Source(config=long_district / "district.toml")
-        data = load_data(source)
-        results = {}
-        for subject in data.subjects:
-            data_config = DataConfig(subject)
-            for task, families in (("growth", ("lgbm", "linear")), ("support", ("lgbm", "logistic"))):
-                for family in families:
-                    tune(
-                        TuneConfig(
-                            source,
-                            data_config,
-                            family,
-                            task,
-                            trials=3,
-                            timeout=60,
-                            tune_rows=None,
-                            progress=False,
+        with contextlib.chdir(folder):
+            source = Source(config=long_district / "district.toml")
+            data = load_data(source)
+            results = {}
+            for subject in data.subjects:
+                data_config = DataConfig(subject)
+                for task, families in (("growth", ("lgbm", "linear")), ("support", ("lgbm", "logistic"))):
+                    for family in families:
+                        tune(
+                            TuneConfig(
+                                source,
+                                data_config,
+                                family,
+                                task,
+                                trials=3,
+                                timeout=60,
+                                tune_rows=None,
+                                progress=False,
+                            )
                         )
-                    )
-            config = TrainConfig(
-                source, data_config, families=("lgbm", "linear"), out_dir=folder / "evaluation"
-            )
-            results[subject] = train_subject(config, data)
-        os.chdir(project)  # the tests themselves run from the project, as always
+                config = TrainConfig(
+                    source, data_config, families=("lgbm", "linear"), out_dir=folder / "evaluation"
+                )
+                results[subject] = train_subject(config, data)
         yield Trained(long_district, folder, storage, results)

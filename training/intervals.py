@@ -237,15 +237,15 @@ class IntervalModel:
         self, X: pd.DataFrame | dict | None, n_missing: np.ndarray, unseen: np.ndarray
     ) -> np.ndarray:
         """The conformal multiplier of sigma for each record."""
-        buckets = bucket_of(n_missing, unseen)
-        bucket = self.quantiles[buckets]
+        bucket = bucket_of(n_missing, unseen)
+        pooled = self.quantiles[bucket]
         if self.group_coef is None or self.groups is None or X is None:
-            return bucket
+            return pooled
         # an element-wise product and a row-wise sum: a row's multiplier does not depend on the batch
         # (a BLAS matrix-vector product's rounding does)
-        design = self.groups.matrix(X, n_missing, unseen, buckets)
+        design = self.groups.matrix(X, n_missing, unseen, bucket)
         q = np.add.reduce(design * self.group_coef, axis=1)
-        return np.maximum(q, 0.05 * bucket)  # a rare combination of indicators never gets a vanishing width
+        return np.maximum(q, 0.05 * pooled)  # a rare combination of indicators never gets a vanishing width
 
     def halfwidth(
         self,

@@ -68,8 +68,7 @@ class GrowthModel(BaseEstimator, RegressorMixin):
 
     def features_and_unseen(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """``features(X)`` and whether each record's school is unseen, from one school lookup."""
-        both = getattr(self.transform, "transform_with_unseen", None)
-        return both(X) if both is not None else (self.features(X), self.transform.unseen_school(X))
+        return self.transform.transform_with_unseen(X)
 
     def predict_interval(
         self, X: pd.DataFrame | dict, features: np.ndarray | None = None, unseen: np.ndarray | None = None
