@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import prior_score_column
-from features.settings import CHAMPION_ALIAS, PROJECT, bentoml_home
+from features.settings import CHAMPION_ALIAS, PROJECT, bentoml_home, get_settings
 from training.compiled import isna, same_state
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,13 @@ def frame_columns(frame: pd.DataFrame, names: Sequence[str]) -> dict[str, np.nda
 class Predictor:
     """In-process predictions with exactly the service's logic (service, batch scoring, tests, bench)."""
 
-    def __init__(self, served: Served):
+    def __init__(self, served: Served, compile_forests: bool | None = None):
+        """``compile_forests``: LightGBM regressors as native code (default: the setting, on); the
+        first use of a model compiles it (seconds; then cached on disk)."""
         self.served = served
+        if get_settings().compile_forests if compile_forests is None else compile_forests:
+            for champion in served.growth.values():
+                champion.model.compile_forests()
         self.columns = served.input_columns
         self.infos = served.infos
         # Subjects whose support model was fitted on the growth model's transform (the same object, or

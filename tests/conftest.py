@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # BentoML reads its home when first imported: every test process gets its own store, never ~/bentoml.
 SESSION_STORE = Path(tempfile.mkdtemp(prefix="growth-tests-"))
 os.environ["BENTOML_HOME"] = str(SESSION_STORE / "bentoml")
+# Compiled LightGBM forests (training.compiled) likewise: the session's own cache, never ~/.cache.
+os.environ["GROWTH_FOREST_CACHE"] = str(SESSION_STORE / "forests")
 
 SMALL_STUDENTS = 3000
 LONG_STUDENTS = 6000

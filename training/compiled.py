@@ -9,6 +9,11 @@ before a single record is scored. Serving instead evaluates the fitted state dir
   ``LGBM_BoosterPredictForMat`` above. Both run the same per-row C++ function (trees summed in
   order in double precision), so the two branches are bit-identical to each other and to
   ``booster.predict`` (checked in ``tests/code/test_compiled.py``).
+- LightGBM regressors in serving and batch scoring (``regressor(..., forests=True)``): the same trees
+  compiled to native code by lleaves (LLVM), one function over every tree so each row's tree outputs
+  are summed in LightGBM's own order from 0.0: bit-identical to ``booster.predict`` (checked in
+  ``tests/code/test_compiled.py``), about 3x faster per batch and 4x per row. Compiled once per model
+  and CPU into ``Settings.forest_cache``; where lleaves cannot compile a model, LightGBM's predictor.
 - Ridge / logistic regression on B-splines (``Pipeline(ColumnTransformer(SplineTransformer, ...),
   linear head)``): the Cox-de Boor recursion of ``scipy.interpolate.BSpline`` written out in numpy
   with the same operations, the same boundary rules (``extrapolation="constant"`` or
@@ -38,12 +43,18 @@ stay the plain fitted objects and models saved before this module existed load a
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 CACHE = "_compiled"
 SINGLE_ROWS = 16  # LightGBM: up to this many rows one at a time through the single-row fast path
@@ -69,6 +80,11 @@ def cached(owner: Any, key: str, source: Any, build: Callable[[], Any]) -> Any:
     value = build()
     store[key] = (source, value)
     return value
+
+
+def store(owner: Any, key: str, source: Any, value: Any) -> None:
+    """Put an evaluator built another way (``regressor(..., forests=True)``) where ``cached`` finds it."""
+    owner.__dict__.setdefault(CACHE, {})[key] = (source, value)
 
 
 def without_cache(state: dict) -> dict:
@@ -156,9 +172,12 @@ def _by_rows(evaluate: Evaluator, X: np.ndarray, size: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- public entry points
-def regressor(estimator: Any) -> Evaluator:
-    """features -> float64 predictions, as ``np.asarray(estimator.predict(features), dtype=float)``."""
-    build = _regressor_builder(estimator)
+def regressor(estimator: Any, forests: bool = False) -> Evaluator:
+    """features -> float64 predictions, as ``np.asarray(estimator.predict(features), dtype=float)``.
+
+    ``forests``: LightGBM regressors as compiled native code (serving and batch scoring, which score
+    many rows with one model; the numbers are the same, the compilation costs seconds once per model)."""
+    build = _regressor_builder(estimator, forests)
     if build is not None:
         evaluator = build(estimator)
         if evaluator is not None:
@@ -187,13 +206,15 @@ def isotonic(calibrator: Any) -> Evaluator:
     return calibrator.predict
 
 
-def _regressor_builder(estimator: Any) -> Callable[[Any], Evaluator | None] | None:
+def _regressor_builder(estimator: Any, forests: bool) -> Callable[[Any], Evaluator | None] | None:
     if _is_lightgbm(estimator):
-        return lambda e: _LightGBMRegressor(e) if _lgbm_single_output(e) else None
+        if forests:
+            return lambda e: _CompiledForest.of(e) or _lightgbm_regressor(e)
+        return _lightgbm_regressor
     if hasattr(estimator, "dense_") and hasattr(estimator, "y_std_"):
         return _Keras.of
     if type(estimator).__name__ == "AveragedRegressor":
-        return lambda e: _Averaged([regressor(m) for m in e.estimators], list(e.weights))
+        return lambda e: _Averaged([regressor(m, forests) for m in e.estimators], list(e.weights))
     if type(estimator).__name__ == "ExtraTreesRegressor" and getattr(estimator, "n_outputs_", 1) == 1:
         return _Forest
     if _is_pipeline(estimator):
@@ -371,6 +392,10 @@ class _LightGBM:
             pass
 
 
+def _lightgbm_regressor(estimator: Any) -> Evaluator | None:
+    return _LightGBMRegressor(estimator) if _lgbm_single_output(estimator) else None
+
+
 class _LightGBMRegressor:
     def __init__(self, estimator: Any):
         self.estimator = estimator
@@ -392,6 +417,152 @@ class _LightGBMProba:
             return self.estimator.predict_proba(X)
         p = self.booster(X)
         return np.vstack((1.0 - p, p)).transpose()  # as LGBMClassifier.predict_proba
+
+
+# ---------------------------------------------------------------- LightGBM trees as native code
+# Objectives whose prediction is the raw score (no link function applied after the trees).
+IDENTITY_OBJECTIVES = frozenset({"regression", "regression_l1", "huber", "fair", "quantile", "mape"})
+FOREST_OPTIONS = "fblocksize=all,finline=False,fcodemodel=large,raw_score=True,fp64"
+
+
+def _forest_text(estimator: Any) -> str | None:
+    """The model text of the trees ``Booster.predict`` uses (best iteration), or None when the model is
+    not a single-output regressor whose prediction is its raw score."""
+    if not _is_lightgbm(estimator) or not _lgbm_single_output(estimator) or hasattr(estimator, "classes_"):
+        return None
+    booster = estimator.booster_
+    text = booster.model_to_string()  # default num_iteration: the best iteration, as predict uses
+    for line in text.splitlines():
+        if line.startswith("objective="):
+            words = line.removeprefix("objective=").split()
+            return text if words and words[0] in IDENTITY_OBJECTIVES and "sqrt" not in words else None
+    return None
+
+
+class _CompiledForest:
+    """A LightGBM regressor's trees as one native function (lleaves), in a row-wise loop.
+
+    Compiled without cache blocking (``fblocksize`` = every tree), so each row's sum runs over the
+    trees in order from 0.0 in double precision, as LightGBM's ``PredictRaw`` does; the splits are the
+    model text's thresholds (printed with 17 digits: the same doubles) and its missing-value rules.
+    Tree functions are not inlined (compiling a 1,000-tree model takes seconds instead of a minute).
+    The object file is cached per model text, lleaves/llvmlite version and CPU (``forest_cache``),
+    written to a temporary name and renamed, so concurrent workers never read half a file.
+    """
+
+    def __init__(self, estimator: Any, entry: Callable[..., None], n_features: int, engine: Any):
+        self.estimator = estimator
+        self.n_features = n_features
+        self._entry = entry
+        self._engine = engine  # keeps the compiled code alive
+
+    @classmethod
+    def of(cls, estimator: Any, cache: Path | None = None) -> _CompiledForest | None:
+        text = _forest_text(estimator)
+        if text is None:
+            return None
+        try:
+            entry, engine = _compile_forest(text, cache)
+        except Exception as err:  # noqa: BLE001 - LightGBM's own predictor gives the same numbers
+            log.warning(
+                "LightGBM model not compiled (%s: %s); LightGBM's predictor used", type(err).__name__, err
+            )
+            return None
+        return cls(estimator, entry, int(estimator.booster_.num_feature()), engine)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            return np.asarray(self.estimator.predict(X), dtype=float)  # its own error message
+        data = np.ascontiguousarray(X, dtype=np.float64)
+        n = len(data)
+        out = np.zeros(n, dtype=np.float64)
+        pointer = ctypes.POINTER(ctypes.c_double)
+        source, target = data.ctypes.data_as(pointer), out.ctypes.data_as(pointer)
+        threads = min(os.cpu_count() or 1, n // PARALLEL_ROWS)
+        if threads <= 1:
+            self._entry(source, target, 0, n)  # releases the GIL while it runs
+            return out
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        workers = [
+            threading.Thread(target=self._entry, args=(source, target, int(a), int(b)))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return out
+
+
+PARALLEL_ROWS = 50_000  # compiled forests: rows per thread before a batch is split across cores
+
+
+def _forest_key(text: str) -> str:
+    from importlib.metadata import version
+
+    import llvmlite.binding as llvm
+
+    llvm.initialize()
+    llvm.initialize_native_target()
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:
+        features = ""
+    salt = "|".join(
+        (version("lleaves"), version("llvmlite"), llvm.get_host_cpu_name(), features, FOREST_OPTIONS)
+    )
+    return hashlib.sha256(f"{salt}\n{text}".encode()).hexdigest()[:32]
+
+
+def _compile_forest(text: str, cache: Path | None) -> tuple[Callable[..., None], Any]:
+    """The compiled entry point ``f(data, out, start, stop)`` and the engine that owns it."""
+    import tempfile
+
+    import lleaves
+
+    if cache is None:
+        from features.settings import get_settings
+
+        cache = get_settings().forest_cache
+    key = _forest_key(text)
+    with tempfile.TemporaryDirectory() as scratch:
+        model_file = Path(scratch) / "model.txt"
+        model_file.write_text(text)
+        model = lleaves.Model(model_file=str(model_file))
+        options = {"fblocksize": max(model.num_trees(), 1), "finline": False, "raw_score": True}
+        target = _cache_file(cache, key)
+        if target is None:  # no writable cache: compile in memory
+            model.compile(**options)
+        elif target.exists():
+            model.compile(cache=str(target), **options)
+        else:
+            partial = Path(scratch) / "forest.o"
+            model.compile(cache=str(partial), **options)
+            _publish(partial, target)
+    return model._c_entry_func, model._execution_engine
+
+
+def _cache_file(cache: Path, key: str) -> Path | None:
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        log.warning("forest cache %s not writable (%s): compiling in memory", cache, err)
+        return None
+    return cache / f"{key}.o"
+
+
+def _publish(partial: Path, target: Path) -> None:
+    """Move a finished object file into the cache under its final name (atomic on one file system)."""
+    if not partial.exists():
+        return
+    staged = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    try:
+        staged.write_bytes(partial.read_bytes())
+        os.replace(staged, target)
+    except OSError as err:
+        log.warning("compiled forest not cached in %s: %s", target.parent, err)
+        staged.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- splines + linear head

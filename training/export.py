@@ -5,7 +5,7 @@ from __future__ import annotations
 import bentoml
 import cloudpickle
 
-from features.settings import CHAMPION_ALIAS
+from features.settings import CHAMPION_ALIAS, get_settings
 
 MODEL_FILE = "model.pkl"
 
@@ -33,6 +33,10 @@ def export_champion(model, name: str, kind: str, subject: str, metadata: dict) -
     ) as stored:
         with open(stored.path_of(MODEL_FILE), "wb") as handle:
             cloudpickle.dump(model, handle)
+    if hasattr(model, "compile_forests") and get_settings().compile_forests:
+        # Compile its LightGBM regressors now (the pickle above holds none of it): `growth serve` and
+        # `growth predict` on this machine then load them from the forest cache instead of compiling.
+        model.compile_forests()
     return stored.tag
 
 

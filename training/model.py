@@ -66,6 +66,13 @@ class GrowthModel(BaseEstimator, RegressorMixin):
     def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
         return self.predict_features(self.features(X))
 
+    def compile_forests(self) -> None:
+        """Serving and batch scoring: LightGBM regressors (the estimator, an ensemble member, the
+        interval's scale model) as compiled native code; the same numbers (training.compiled)."""
+        compiled.store(self, "estimator", self.estimator, compiled.regressor(self.estimator, forests=True))
+        if self.interval is not None:
+            self.interval.compile_forests()
+
     def features_and_unseen(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """``features(X)`` and whether each record's school is unseen, from one school lookup."""
         return self.transform.transform_with_unseen(X)

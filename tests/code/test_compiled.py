@@ -201,6 +201,52 @@ def test_lightgbm_is_bit_identical_to_its_predict_for_every_batch_size(lgbm, row
     assert not np.array_equal(fewer.predict(rows), lgbm.predict(rows))
 
 
+def test_compiled_forest_is_bit_identical_to_lightgbm_and_cached_once(lgbm, rows, nan_rows, tmp_path) -> None:
+    """lleaves' native code (one block of trees, summed in LightGBM's order) gives LightGBM's numbers,
+    for every batch size, NaNs, values exactly at split thresholds and the multi-thread split of large
+    batches; the object file is written once and loaded after."""
+    forest = compiled._CompiledForest.of(lgbm, cache=tmp_path)
+    assert forest is not None
+    splits = lgbm.booster_.trees_to_dataframe().dropna(subset=["threshold"]).head(600)
+    column = {name: j for j, name in enumerate(lgbm.booster_.feature_name())}
+    at_splits = rows[: len(splits)].astype(np.float64)  # each row has one feature exactly at a split
+    at_splits[np.arange(len(splits)), splits["split_feature"].map(column).to_numpy()] = splits["threshold"]
+    at_splits[::5, ::3] = 0.0
+    for X in (rows, nan_rows, at_splits):
+        assert np.array_equal(forest(X), lgbm.predict(X))
+        assert_row_exact(forest, X)
+    many = np.tile(rows, (compiled.PARALLEL_ROWS * 2 // len(rows) + 1, 1))  # split across threads
+    assert np.array_equal(forest(many), lgbm.predict(many))
+    (written,) = tmp_path.glob("*.o")
+    stamp = written.stat().st_mtime_ns
+    again = compiled._CompiledForest.of(pickle.loads(pickle.dumps(lgbm)), cache=tmp_path)
+    assert np.array_equal(again(nan_rows), lgbm.predict(nan_rows))
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]  # loaded, not compiled again
+    assert written.stat().st_mtime_ns == stamp
+    fewer = pickle.loads(pickle.dumps(lgbm))  # best_iteration set: only those trees, as predict does
+    fewer.booster_.best_iteration = lgbm.booster_.num_trees() // 2
+    assert np.array_equal(compiled._CompiledForest.of(fewer, cache=tmp_path)(rows), fewer.predict(rows))
+    assert len(list(tmp_path.glob("*.o"))) == 2
+
+
+def test_only_raw_score_regressors_are_compiled(lgbm_classifier, lgbm, rows, tmp_path) -> None:
+    assert compiled._CompiledForest.of(lgbm_classifier, cache=tmp_path) is None  # a sigmoid after the trees
+    poisson = lightgbm.LGBMRegressor(objective="poisson", n_estimators=5, verbose=-1, n_jobs=1)
+    poisson.fit(rows[:500], np.abs(lgbm.predict(rows[:500])) + 1)
+    assert compiled._CompiledForest.of(poisson, cache=tmp_path) is None  # exp() after the trees
+    assert isinstance(compiled.regressor(poisson, forests=True), compiled._LightGBMRegressor)
+    assert isinstance(compiled.regressor(lgbm), compiled._LightGBMRegressor)  # training: no compilation
+    assert isinstance(compiled.regressor(lgbm, forests=True), compiled._CompiledForest)
+    assert not list(tmp_path.glob("*.o"))
+
+
+def test_a_forest_that_cannot_be_cached_is_compiled_in_memory(lgbm, rows, tmp_path) -> None:
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    forest = compiled._CompiledForest.of(lgbm, cache=blocked / "forests")
+    assert forest is not None and np.array_equal(forest(rows), lgbm.predict(rows))
+
+
 def test_spline_basis_is_bit_identical_and_linear_within_rounding(prepared, info, linear, rows) -> None:
     evaluate = compiled.regressor(linear)
     splines = linear.steps[0][1]
@@ -387,6 +433,20 @@ def predictor(prepared, labels, lgbm, linear, keras, lgbm_classifier, logistic) 
             },
         )
     )
+
+
+def test_compiled_forests_change_no_served_number(predictor, edge_inputs) -> None:
+    """The predictor compiles its LightGBM regressors (point, ensemble member, interval scale);
+    LightGBM's own predictor gives every number the same."""
+    assert isinstance(predictor.served.growth["reading"].model.__dict__[compiled.CACHE]["estimator"][1],
+                      compiled._CompiledForest)
+    plain = Predictor(pickle.loads(pickle.dumps(predictor.served)), compile_forests=False)
+    columns = columns_of(records(edge_inputs), list(edge_inputs.columns))
+    n = len(edge_inputs)
+    fast, slow = predictor.predict_columns(columns, n), plain.predict_columns(columns, n)
+    for subject in fast:
+        for key in fast[subject]:
+            assert np.array_equal(fast[subject][key], slow[subject][key], equal_nan=True), (subject, key)
 
 
 def test_records_one_at_a_time_equal_any_batch_and_the_frame(predictor, edge_inputs) -> None:
