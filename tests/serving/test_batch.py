@@ -122,6 +122,24 @@ def test_batch_file_equals_the_http_logic_for_the_same_records(trained, forecast
             )
 
 
+def test_chunks_scored_in_parallel_threads_give_the_numbers_of_one_call(trained, monkeypatch) -> None:
+    """score_frame's threads and chunk boundaries change no number: the same frame as one call."""
+    from serving import batch
+    from serving.predictor import Predictor
+    from training.data import Source, load_data
+
+    data = load_data(Source(config=trained.district / "district.toml"))
+    frame = batch.forecast_frame(data, data.district.years[-1] + 1)
+    predictor = Predictor.from_store()
+    frame = frame[batch.unscorable_reasons(frame, predictor, forecast=True) == ""].head(3000)
+    whole = predictor.predict_frame(frame)
+    monkeypatch.setattr(batch, "CHUNK", 37)  # 82 chunks, the last one short
+    for threads in (1, 2, 4):
+        scored = batch.score_frame(predictor, frame, threads=threads)
+        assert scored.index.equals(frame.index)
+        pd.testing.assert_frame_equal(scored, whole, check_exact=True)
+
+
 def test_predict_refuses_a_bad_output_name_and_a_year_outside_the_data(trained, tmp_path: Path) -> None:
     config = str(trained.district / "district.toml")
     result = CliRunner().invoke(app, ["predict", "--config", config, "--out", str(tmp_path / "p.xlsx")])
