@@ -12,9 +12,9 @@ before a single record is scored. Serving instead evaluates the fitted state dir
 - LightGBM regressors in serving and batch scoring (``regressor(..., forests=True)``): the same trees
   compiled to native code by lleaves (LLVM), one function over every tree so each row's tree outputs
   are summed in LightGBM's own order from 0.0: bit-identical to ``booster.predict`` (checked in
-  ``tests/code/test_compiled.py``); on a 918-tree model 18 against 57 ms per 1,000 rows and 34 against
-  81 us for one row (docs/serving.md). Compiled once per model and CPU into ``Settings.forest_cache``;
-  where lleaves cannot compile a model, LightGBM's predictor.
+  ``tests/code/test_compiled.py``); on a 918-tree model 17 against 51 ms per 1,000 rows and 23 against
+  35 us for one row (LightGBM's single-row fast path; docs/serving.md). Compiled once per model and
+  CPU into ``Settings.forest_cache``; where lleaves cannot compile a model, LightGBM's predictor.
 - Ridge / logistic regression on B-splines (``Pipeline(ColumnTransformer(SplineTransformer, ...),
   linear head)``): the Cox-de Boor recursion of ``scipy.interpolate.BSpline`` written out in numpy
   with the same operations, the same boundary rules (``extrapolation="constant"`` or
