@@ -423,7 +423,8 @@ class _LightGBMProba:
 # ---------------------------------------------------------------- LightGBM trees as native code
 # Objectives whose prediction is the raw score (no link function applied after the trees).
 IDENTITY_OBJECTIVES = frozenset({"regression", "regression_l1", "huber", "fair", "quantile", "mape"})
-FOREST_OPTIONS = "fblocksize=all,finline=False,fcodemodel=large,raw_score=True,fp64"
+# lleaves' compile options besides fblocksize (every tree in one block); they are part of the cache key.
+FOREST_OPTIONS = {"finline": False, "raw_score": True, "fcodemodel": "large", "use_fp64": True}
 
 
 def _forest_text(estimator: Any) -> str | None:
@@ -513,9 +514,8 @@ def _forest_key(text: str) -> str:
         features = llvm.get_host_cpu_features().flatten()
     except RuntimeError:
         features = ""
-    salt = "|".join(
-        (version("lleaves"), version("llvmlite"), llvm.get_host_cpu_name(), features, FOREST_OPTIONS)
-    )
+    options = repr(sorted(FOREST_OPTIONS.items()))
+    salt = "|".join((version("lleaves"), version("llvmlite"), llvm.get_host_cpu_name(), features, options))
     return hashlib.sha256(f"{salt}\n{text}".encode()).hexdigest()[:32]
 
 
@@ -534,7 +534,7 @@ def _compile_forest(text: str, cache: Path | None) -> tuple[Callable[..., None],
         model_file = Path(scratch) / "model.txt"
         model_file.write_text(text)
         model = lleaves.Model(model_file=str(model_file))
-        options = {"fblocksize": max(model.num_trees(), 1), "finline": False, "raw_score": True}
+        options = {"fblocksize": max(model.num_trees(), 1), **FOREST_OPTIONS}
         target = _cache_file(cache, key)
         if target is None:  # no writable cache: compile in memory
             model.compile(**options)
