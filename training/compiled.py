@@ -479,25 +479,12 @@ class _CompiledForest:
         data = np.ascontiguousarray(X, dtype=np.float64)
         n = len(data)
         out = np.zeros(n, dtype=np.float64)
-        source, target = data.ctypes.data, out.ctypes.data  # addresses: the entry takes void pointers
-        if n < 2 * PARALLEL_ROWS:
-            self._entry(source, target, 0, n)  # releases the GIL while it runs
-            return out
-        threads = min(_CORES, n // PARALLEL_ROWS)
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        workers = [
-            threading.Thread(target=self._entry, args=(source, target, int(a), int(b)))
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        # One thread, releasing the GIL while it runs: batch scoring runs its chunks in a thread per
+        # core (serving.batch.score_frame), each worker of the server serves its own requests.
+        self._entry(data.ctypes.data, out.ctypes.data, 0, n)  # addresses: the entry takes void pointers
         return out
 
 
-PARALLEL_ROWS = 50_000  # compiled forests: rows per thread before a batch is split across cores
-_CORES = os.cpu_count() or 1  # read once: 8-20 us per call here (a 918-tree forest scores a row in 30 us)
 # The compiled root function: void forest_root(double *data, double *out, int32 start, int32 stop),
 # called with plain addresses (lleaves' own prototype takes ctypes pointers, ~3 us each to build).
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
