@@ -169,8 +169,8 @@ class Predictor:
     """In-process predictions with exactly the service's logic (service, batch scoring, tests, bench)."""
 
     def __init__(self, served: Served, compile_forests: bool | None = None):
-        """``compile_forests``: LightGBM regressors as native code (default: the setting, on); the
-        first use of a model compiles it (seconds; then cached on disk)."""
+        """``compile_forests``: LightGBM regressors as native code (default: the setting, on), compiled
+        here (seconds per model the first time on a machine, then loaded from the forest cache)."""
         self.served = served
         if get_settings().compile_forests if compile_forests is None else compile_forests:
             for champion in served.growth.values():
