@@ -62,7 +62,15 @@ from bench_scale import (  # noqa: E402
 
 GOAL_SECONDS = 60.0
 GOAL_STUDENTS = 900_000
-PHASES = ("load and validate", "load models", "build frame", "score", "actual growth and SGP", "write")
+PHASES = (
+    "load and validate",
+    "start SGP fits",
+    "load models",
+    "build frame",
+    "score",
+    "actual growth and SGP",
+    "write",
+)
 PHASE_LINE = re.compile(r"(" + "|".join(re.escape(p) for p in PHASES) + r") \((\d+(?:\.\d+)?) s\)")
 CASES = ("cli-forecast", "cli-historical", "needed-years")
 

@@ -29,6 +29,7 @@ from features.ingest import load_district
 from features.pairs import growth_pairs, status_column
 from serving.predictor import Predictor
 from training.data import DistrictData, Source, load_data
+from training.measures import PendingSGPs, start_year_sgps
 
 log = logging.getLogger(__name__)
 # Rows per scoring call. Chunks are scored in parallel threads, one per core: numpy's array operations,
@@ -253,8 +254,6 @@ def score_year(
             elif year is not None:
                 data = historical_data(source, progress)
         data = data or load_data(source, progress=progress)
-    with clock("load models"):
-        predictor = predictor or Predictor.from_store()
     years = data.district.years
     latest = years[-1]
     year = latest + 1 if year is None else year
@@ -264,17 +263,27 @@ def score_year(
             f"{latest + 1} (the data has {', '.join(map(str, years))}; {latest + 1} is a forecast)"
         )
     forecast = year == latest + 1
-    with clock("build frame"):
-        frame = forecast_frame(data, year) if forecast else historical_frame(data, year)
-        reasons = unscorable_reasons(frame, predictor, forecast)
-        scorable = frame[reasons == ""]
-    with clock("score"):
-        scored = score_frame(predictor, scorable, progress)
-        keys = [k for k in KEYS if k in scorable]
-        result = pd.concat([scorable[keys].reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
+    sgps: PendingSGPs | None = None
     if not forecast:
-        with clock("actual growth and SGP"):
-            result = add_actuals_and_sgp(result, scorable.reset_index(drop=True), data, year)
+        with clock("start SGP fits"):  # in worker processes, while this one loads the models and scores
+            sgps = start_year_sgps(data, year)
+    try:
+        with clock("load models"):
+            predictor = predictor or Predictor.from_store()
+        with clock("build frame"):
+            frame = forecast_frame(data, year) if forecast else historical_frame(data, year)
+            reasons = unscorable_reasons(frame, predictor, forecast)
+            scorable = frame[reasons == ""]
+        with clock("score"):
+            scored = score_frame(predictor, scorable, progress)
+            keys = [k for k in KEYS if k in scorable]
+            result = pd.concat([scorable[keys].reset_index(drop=True), scored.reset_index(drop=True)], axis=1)
+        if not forecast:
+            with clock("actual growth and SGP"):
+                result = add_actuals_and_sgp(result, scorable.reset_index(drop=True), data, sgps)
+    finally:
+        if sgps is not None:
+            sgps.close()
     with clock("write"):
         write_atomic_frame(result, out)
         side = None
@@ -289,15 +298,13 @@ def score_year(
 
 
 def add_actuals_and_sgp(
-    result: pd.DataFrame, frame: pd.DataFrame, data: DistrictData, year: int
+    result: pd.DataFrame, frame: pd.DataFrame, data: DistrictData, sgps: PendingSGPs | None
 ) -> pd.DataFrame:
-    """For a historical year: the actual growth and, where the year's score is known, the SGP."""
-    from training.measures import year_sgps
-
+    """For a historical year: the actual growth and, where the year's score is known, the SGP (waits
+    for the fits ``start_year_sgps`` started)."""
     for subject in data.subjects:
         result[f"{subject}_actual_growth"] = frame[f"{subject}_growth"].to_numpy()
         result[f"{subject}_pair_status"] = frame[status_column(subject)].astype(str).to_numpy()
-    sgps = year_sgps(data, year)
     if sgps is not None:
-        result = result.merge(sgps, on="student_id", how="left")
+        result = result.merge(sgps.wide(), on="student_id", how="left")
     return result

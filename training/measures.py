@@ -16,7 +16,7 @@ import pandas as pd
 from features.contract import prior_score_column, score_column
 from features.pairs import status_column, usable
 from training.data import DistrictData
-from training.sgp import SGPConfig, district_knots, median_sgp, student_growth_percentiles
+from training.sgp import SGPConfig, SGPInput, SGPRun, district_knots, median_sgp
 from training.value_added import VAConfig, ValueAdded, school_value_added
 
 GROUPS = ("econ_disadvantaged", "english_learner", "special_education", "gender", "grade")
@@ -37,58 +37,109 @@ def report_year(data: DistrictData, year: int | None) -> int:
 def _prior2_in_step(frame: pd.DataFrame, subject: str, grades: list[str]) -> pd.Series:
     """The score two years back, only when the student moved up one grade each year (the SGP package's
     grade progression); otherwise missing, so that student gets an order-1 SGP."""
-    position = {g: i for i, g in enumerate(grades)}
-    now = frame["grade"].astype(str).map(position)
-    before = frame["prior2_grade"].astype(object).map(lambda g: position.get(str(g), np.nan))
+    now, before = _grade_positions(frame["grade"], grades), _grade_positions(frame["prior2_grade"], grades)
     return frame[prior_score_column(subject, 2)].where(now - before == 2)
+
+
+def _grade_positions(column: pd.Series, grades: list[str]) -> np.ndarray:
+    """Each row's position in ``grades`` (NaN: missing or not a grade), looked up once per distinct value."""
+    codes, values = pd.factorize(column)
+    position = {g: i for i, g in enumerate(grades)}
+    found = np.array([position.get(str(v), np.nan) for v in values] + [np.nan], dtype=float)
+    return found[codes]  # code -1 (missing) reads the NaN at the end
+
+
+@dataclass
+class PendingSGPs:
+    """Every student's SGP of some target years, being fitted in worker processes (``start_sgps``):
+    the caller can work meanwhile; ``frame()`` waits for them. Use it in a ``with`` block, or call
+    ``close()``, so the workers stop if the caller fails first."""
+
+    run: SGPRun
+    rows: list[pd.DataFrame]  # per fitted frame: the students and their groups, with the subject
+
+    def frame(self) -> pd.DataFrame:
+        """One row per student x subject x year: SGP, its order and the student's groups."""
+        parts = []
+        for rows, result in zip(self.rows, self.run.results(), strict=True):
+            parts.append(rows.assign(**{c: result[c] for c in SGP_COLUMNS}))
+        out = pd.concat(parts, ignore_index=True)
+        for column in ("student_id", "school_id", "school_name", "grade"):
+            out[column] = out[column].astype(str)
+        return out
+
+    def wide(self) -> pd.DataFrame:
+        """For batch scoring: ``<subject>_sgp`` and ``<subject>_sgp_order`` per student (one year)."""
+        wide = self.frame().pivot_table(
+            index="student_id", columns="subject", values=["sgp", "sgp_order"], aggfunc="first"
+        )
+        wide.columns = [f"{subject}_{value}" for value, subject in wide.columns]
+        return wide.reset_index()
+
+    def close(self) -> None:
+        self.run.close()
+
+    def __enter__(self) -> PendingSGPs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+SGP_COLUMNS = ("sgp", "sgp_order", "sgp_order_1", "sgp_order_2", "sgp_note")
+
+
+def start_sgps(
+    data: DistrictData, years: list[int], progress: bool = False, config: SGPConfig = SGPConfig()
+) -> PendingSGPs:
+    """Start fitting the SGPs of every subject in each of ``years``, all in one pool of workers.
+
+    Raises ValueError for a year without usable growth pairs."""
+    grades = list(data.district.grades)
+    students = data.district.students
+    knots = {s: district_knots(students[score_column(s)], students["grade"], config) for s in data.subjects}
+    keep = dict.fromkeys(("student_id", "school_year", "grade", "school_id", "school_name", *GROUPS))
+    needed = [
+        *keep,
+        "prior_grade",
+        "prior2_grade",
+        *(status_column(s) for s in data.subjects),
+        *(c for s in data.subjects for c in (score_column(s), *(prior_score_column(s, k) for k in (1, 2)))),
+    ]
+    needed = [c for c in dict.fromkeys(needed) if c in data.pairs]
+    inputs, rows_of = [], []
+    for year in years:
+        # the year's rows and the columns used, in one copy: the pairs have every year and many more
+        pairs = data.pairs.loc[data.pairs["school_year"].to_numpy() == year, needed]
+        found = 0
+        for subject in data.subjects:
+            rows = usable(pairs, subject).copy()
+            if rows.empty:
+                continue
+            rows["_prior2"] = _prior2_in_step(rows, subject, grades)
+            inputs.append(
+                SGPInput(
+                    rows,
+                    score_column(subject),
+                    [prior_score_column(subject), "_prior2"],
+                    ["school_year", "grade"],
+                    knot_keys=["prior_grade", "prior2_grade"],
+                    knot_table=knots[subject],
+                )
+            )
+            rows_of.append(rows[[c for c in keep if c in rows]].assign(subject=subject))
+            found += 1
+        if not found:
+            raise ValueError(f"no usable growth pairs in {year}")
+    return PendingSGPs(SGPRun(inputs, config, progress=progress), rows_of)
 
 
 def student_sgps(
     data: DistrictData, year: int | None = None, progress: bool = False, config: SGPConfig = SGPConfig()
 ) -> pd.DataFrame:
     """One row per student and subject with an SGP in ``year``: SGP, its order and the student's groups."""
-    year = report_year(data, year)
-    grades = list(data.district.grades)
-    parts = []
-    for subject in data.subjects:
-        rows = usable(data.pairs, subject)
-        rows = rows[rows["school_year"] == year].copy()
-        if rows.empty:
-            continue
-        rows["_prior2"] = _prior2_in_step(rows, subject, grades)
-        students = data.district.students
-        result = student_growth_percentiles(
-            rows,
-            score_column(subject),
-            [prior_score_column(subject), "_prior2"],
-            ["school_year", "grade"],
-            config=config,
-            progress=progress,
-            knot_keys=["prior_grade", "prior2_grade"],
-            knot_table=district_knots(students[score_column(subject)], students["grade"], config),
-        )
-        keep = [
-            c
-            for c in dict.fromkeys(
-                ("student_id", "school_year", "grade", "school_id", "school_name", *GROUPS)
-            )
-            if c in rows
-        ]
-        frame = rows[keep].assign(
-            subject=subject,
-            sgp=result["sgp"],
-            sgp_order=result["sgp_order"],
-            sgp_order_1=result["sgp_order_1"],
-            sgp_order_2=result["sgp_order_2"],
-            sgp_note=result["sgp_note"],
-        )
-        parts.append(frame)
-    if not parts:
-        raise ValueError(f"no usable growth pairs in {year}")
-    out = pd.concat(parts, ignore_index=True)
-    for column in ("student_id", "school_id", "school_name", "grade"):
-        out[column] = out[column].astype(str)
-    return out
+    with start_sgps(data, [report_year(data, year)], progress, config) as pending:
+        return pending.frame()
 
 
 def target_years(data: DistrictData) -> list[int]:
@@ -101,20 +152,16 @@ def all_sgps(data: DistrictData, years: list[int] | None = None, progress: bool 
     years = years or target_years(data)
     if not years:
         raise ValueError("no growth pairs: SGPs need two consecutive school years")
-    return pd.concat([student_sgps(data, year, progress) for year in years], ignore_index=True)
+    with start_sgps(data, years, progress) as pending:
+        return pending.frame()
 
 
-def year_sgps(data: DistrictData, year: int) -> pd.DataFrame | None:
-    """Wide SGPs of one year (``<subject>_sgp``, ``<subject>_sgp_order``) for batch scoring."""
+def start_year_sgps(data: DistrictData, year: int) -> PendingSGPs | None:
+    """Batch scoring of a past year: its SGPs, started (None when the year has no usable pairs)."""
     try:
-        sgps = student_sgps(data, year)
+        return start_sgps(data, [year])
     except ValueError:
         return None
-    wide = sgps.pivot_table(
-        index="student_id", columns="subject", values=["sgp", "sgp_order"], aggfunc="first"
-    )
-    wide.columns = [f"{subject}_{value}" for value, subject in wide.columns]
-    return wide.reset_index()
 
 
 def group_medians(sgps: pd.DataFrame, min_n: int, level: float = 0.9) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -105,10 +105,12 @@ def district_knots(
     Shared by every cohort whose prior is in that grade, so one year's SGPs do not move the next year's
     knots."""
     values = pd.to_numeric(scores, errors="coerce").to_numpy(dtype=float)
-    keys = grades.astype(str).to_numpy()
+    codes, names = pd.factorize(grades)  # compare integer codes, not millions of texts
+    codes = np.where(np.isnan(values), -1, codes)
     table = {}
-    for grade in pd.unique(keys[~np.isnan(values)]):
-        table[str(grade)] = knots_and_boundaries(values[keys == grade], config)
+    for k, grade in enumerate(names):
+        if (chosen := codes == k).any():
+            table[str(grade)] = knots_and_boundaries(values[chosen], config)
     return table
 
 
@@ -523,12 +525,13 @@ class _Task:
     knots: tuple[np.ndarray, ...]
     boundaries: tuple[np.ndarray, ...]
     config: SGPConfig
+    frame: int = 0  # which of the run's frames the students are in
 
 
-def _run_task(task: _Task) -> tuple[int, np.ndarray, np.ndarray]:
-    """Fit one cohort/order; return the order, the students' positions in the frame and their SGPs."""
+def _run_task(task: _Task) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Fit one cohort/order; return the frame, the order, the students' positions in it and their SGPs."""
     fit = fit_cohort(task.current, task.priors, task.config, task.knots, task.boundaries)
-    return task.order, task.rows, fit.growth_percentiles(task.current, task.priors)
+    return task.frame, task.order, task.rows, fit.growth_percentiles(task.current, task.priors)
 
 
 KnotTable = Mapping[str, tuple[np.ndarray, np.ndarray]]
@@ -543,6 +546,7 @@ def _cohort_tasks(
     notes: np.ndarray,
     knot_keys: Sequence[str] | None = None,
     knot_table: KnotTable | None = None,
+    frame_index: int = 0,
 ) -> list[_Task]:
     """Split the frame into (cohort, order) fits; record why students of unfittable cohorts get no SGP."""
     y = frame[score].astype("float64").to_numpy()  # nullable Int64 scores: <NA> becomes NaN
@@ -558,7 +562,7 @@ def _cohort_tasks(
     groups = keys[~missing_key].groupby(cohort, sort=True, dropna=True).indices
     positions = np.flatnonzero(~missing_key)
     for idx in groups.values():
-        tasks += _tasks_for_cohort(positions[idx], y, P, config, notes, K, knot_table)
+        tasks += _tasks_for_cohort(positions[idx], y, P, config, notes, K, knot_table, frame_index)
     return tasks
 
 
@@ -580,6 +584,7 @@ def _tasks_for_cohort(
     notes: np.ndarray,
     K: np.ndarray | None = None,
     knot_table: KnotTable | None = None,
+    frame_index: int = 0,
 ) -> list[_Task]:
     """Orders 1..max that have enough students; the package stops at the first order that is too small."""
     tasks: list[_Task] = []
@@ -602,24 +607,116 @@ def _tasks_for_cohort(
                 why = "cohort too small" if len(rows) < minimum else "no spread in prior scores"
                 notes[rows] = f"{why} (n={len(rows)}, minimum {minimum})"
             break
-        tasks.append(_Task(order, rows, y[rows], P[rows, :order], tuple(knots), tuple(bounds), config))
+        tasks.append(
+            _Task(order, rows, y[rows], P[rows, :order], tuple(knots), tuple(bounds), config, frame_index)
+        )
     return tasks
 
 
-def _run_tasks(
-    tasks: list[_Task], workers: int, progress: bool
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Run fits largest first, in ``workers`` processes when there is more than one fit."""
-    tasks = sorted(tasks, key=lambda t: t.order * len(t.rows), reverse=True)
+@dataclass(frozen=True)
+class SGPInput:
+    """One frame to compute SGPs for, as ``student_growth_percentiles`` takes it."""
+
+    frame: pd.DataFrame
+    score: str
+    priors: list[str]
+    cohort: list[str]
+    knot_keys: Sequence[str] | None = None
+    knot_table: KnotTable | None = None
+
+
+class SGPRun:
+    """The cohort fits of several frames in one pool of worker processes, started when the run is made
+    and collected by ``results()``.
+
+    The caller can work meanwhile (``growth predict`` scores a past year while its SGPs are fitted), and
+    the fits of all frames share the workers, largest first, so no worker waits at the end of one frame
+    for the other's last fit. ``close()`` (or leaving a ``with`` block) stops the workers.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[SGPInput],
+        config: SGPConfig = SGPConfig(),
+        workers: int = 2,
+        progress: bool = False,
+    ) -> None:
+        self.inputs, self.config, self.progress = list(inputs), config, progress
+        for item in self.inputs:
+            _check_input(item)
+        self.notes = [np.full(len(item.frame), None, dtype=object) for item in self.inputs]
+        tasks = [
+            task
+            for k, item in enumerate(self.inputs)
+            for task in _cohort_tasks(
+                item.frame,
+                item.score,
+                item.priors,
+                item.cohort,
+                config,
+                self.notes[k],
+                item.knot_keys,
+                item.knot_table,
+                frame_index=k,
+            )
+        ]
+        self._tasks = sorted(tasks, key=lambda t: t.order * len(t.rows), reverse=True)
+        self._pool, self._futures = _submit(self._tasks, workers)
+
+    def results(self) -> list[pd.DataFrame]:
+        """Wait for every fit; per input frame, the columns ``student_growth_percentiles`` returns."""
+        by_order = [
+            np.full((min(self.config.max_order, len(item.priors)), len(item.frame)), -1, dtype=np.int64)
+            for item in self.inputs
+        ]
+        done: Iterable[tuple[int, int, np.ndarray, np.ndarray]] = (
+            (f.result() for f in as_completed(self._futures))
+            if self._futures
+            else map(_run_task, self._tasks)
+        )
+        try:
+            for frame, order, rows, sgps in _with_progress(done, len(self._tasks), self.progress):
+                by_order[frame][order - 1, rows] = sgps
+        finally:
+            self.close()
+        return [
+            _assemble(item.frame, item.score, item.priors, item.cohort, by_order[k], self.notes[k])
+            for k, item in enumerate(self.inputs)
+        ]
+
+    def close(self) -> None:
+        """Stop the workers (fits not started are dropped); safe to call twice."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> SGPRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _submit(tasks: Sequence[_Task], workers: int) -> tuple[ProcessPoolExecutor | None, list[Future]]:
+    """Start ``workers`` processes on the fits, in the order given (none for a single fit or worker).
+
+    The workers are forked at the first submit, so before the caller starts threads of its own."""
     if workers <= 1 or len(tasks) <= 1:
-        yield from _with_progress(map(_run_task, tasks), len(tasks), progress)
-        return
+        return None, []
     context = multiprocessing.get_context(_START_METHOD)
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(tasks)), mp_context=context, initializer=_one_blas_thread
-    ) as pool:
-        futures = [pool.submit(_run_task, t) for t in tasks]  # workers start here, before any bar thread
-        yield from _with_progress((f.result() for f in as_completed(futures)), len(tasks), progress)
+    )
+    return pool, [pool.submit(_run_task, t) for t in tasks]
+
+
+def _check_input(item: SGPInput) -> None:
+    """The columns named must be in the frame, with one knot key per prior."""
+    missing = [c for c in [item.score, *item.priors, *item.cohort] if c not in item.frame.columns]
+    if missing or not item.priors:
+        raise KeyError(f"columns not in frame: {missing}" if missing else "at least one prior is needed")
+    if item.knot_keys is not None and len(item.knot_keys) != len(item.priors):
+        raise ValueError("knot_keys needs one column per prior")
 
 
 def _one_blas_thread() -> None:
@@ -665,19 +762,8 @@ def student_growth_percentiles(
     ``frame.index``: ``sgp``, ``sgp_order``, ``sgp_order_1``, ``sgp_order_2`` (nullable Int64) and
     ``sgp_note`` saying why ``sgp`` is missing.
     """
-    missing = [c for c in [score, *priors, *cohort] if c not in frame.columns]
-    if missing or not priors:
-        raise KeyError(f"columns not in frame: {missing}" if missing else "at least one prior is needed")
-    n = len(frame)
-    max_order = min(config.max_order, len(priors))
-    notes = np.full(n, None, dtype=object)
-    by_order = np.full((max_order, n), -1, dtype=np.int64)
-    if knot_keys is not None and len(knot_keys) != len(priors):
-        raise ValueError("knot_keys needs one column per prior")
-    tasks = _cohort_tasks(frame, score, priors, cohort, config, notes, knot_keys, knot_table)
-    for order, rows, sgps in _run_tasks(tasks, workers, progress):
-        by_order[order - 1, rows] = sgps
-    return _assemble(frame, score, priors, cohort, by_order, notes)
+    item = SGPInput(frame, score, priors, cohort, knot_keys, knot_table)
+    return SGPRun([item], config, workers, progress).results()[0]
 
 
 def _assemble(

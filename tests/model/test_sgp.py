@@ -20,6 +20,8 @@ from training.sgp import (
     PERCENTILE_TAUS,
     CohortFit,
     SGPConfig,
+    SGPInput,
+    SGPRun,
     design_matrix,
     fit_cohort,
     growth_percentiles,
@@ -138,11 +140,11 @@ def test_highs_solution_satisfies_optimality_conditions() -> None:
         assert np.abs(X[on_fit].T @ weights.x - target).max() < 1e-6
 
 
-def _blas_threads(task: object) -> tuple[int, np.ndarray, np.ndarray]:
+def _blas_threads(task: object) -> tuple[int, int, np.ndarray, np.ndarray]:
     from threadpoolctl import threadpool_info
 
     threads = max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
-    return 1, np.array([threads]), np.array([os.getpid()])
+    return 0, 1, np.array([threads]), np.array([os.getpid()])
 
 
 def test_cohort_fits_in_worker_processes_use_one_blas_thread_each(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,9 +152,13 @@ def test_cohort_fits_in_worker_processes_use_one_blas_thread_each(monkeypatch: p
     long at 1,000,000 students): each worker is held to one BLAS thread."""
     monkeypatch.setattr(sgp_module, "_run_task", _blas_threads)
     tasks = [SimpleNamespace(order=1, rows=np.arange(5)) for _ in range(4)]
-    results = list(sgp_module._run_tasks(tasks, workers=2, progress=False))
-    assert [threads[0] for _, threads, _ in results] == [1, 1, 1, 1]
-    assert {pid[0] for _, _, pid in results} != {os.getpid()}
+    pool, futures = sgp_module._submit(tasks, workers=2)
+    try:
+        results = [f.result() for f in futures]
+    finally:
+        pool.shutdown()
+    assert [threads[0] for _, _, threads, _ in results] == [1, 1, 1, 1]
+    assert {pid[0] for _, _, _, pid in results} != {os.getpid()}
 
 
 def test_the_band_is_a_share_of_a_large_cohort_and_a_floor_for_a_small_one() -> None:
@@ -445,6 +451,50 @@ def test_parallel_workers_and_progress_give_the_same_result(district: pd.DataFra
     )
     pd.testing.assert_frame_equal(serial, parallel)
     assert serial.index.equals(small.index)
+
+
+def test_one_run_of_several_frames_gives_each_frame_its_own_sgps(district: pd.DataFrame) -> None:
+    """``growth predict`` and the reports fit every subject (and year) in one pool of workers: each frame
+    gets exactly what it gets alone, in its own index, even when the frames share index labels."""
+    small = district.sample(2400, random_state=1).sort_index()
+    first, second = small.iloc[:1200], small.iloc[1200:].reset_index(drop=True)
+    cohort = ["school_year", "grade"]
+    alone = [student_growth_percentiles(f, "score", PRIORS, cohort, workers=1) for f in (first, second)]
+    run = SGPRun(
+        [SGPInput(first, "score", PRIORS, cohort), SGPInput(second, "score", PRIORS, cohort)], workers=2
+    )
+    together = run.results()
+    for own, shared in zip(alone, together, strict=True):
+        pd.testing.assert_frame_equal(own, shared)
+    assert together[0]["sgp"].notna().sum() > 1000 and together[1]["sgp"].notna().sum() > 1000
+
+
+def test_a_run_closed_before_its_results_stops_its_workers(district: pd.DataFrame) -> None:
+    """A caller that fails while the fits run (``growth predict`` scoring a past year) closes the run:
+    the worker processes stop, and nothing is left to wait for at exit."""
+    with SGPRun([SGPInput(district, "score", PRIORS, ["school_year", "grade"])], workers=2) as run:
+        assert run._pool is not None and len(run._futures) > 1
+        workers = list(run._pool._processes.values())  # forked at the first submit
+    assert run._pool is None and len(workers) == 2
+    assert not any(process.is_alive() for process in workers)
+    assert all(f.done() for f in run._futures)
+
+
+def test_district_knots_are_each_grades_knots_from_its_present_scores() -> None:
+    """One lookup per distinct grade: the same knots as ``knots_and_boundaries`` on that grade's scores
+    alone, missing scores left out, for text, categorical and numeric grades."""
+    from training.sgp import district_knots
+
+    rng = np.random.default_rng(3)
+    grades = rng.choice(["3", "4", "5"], 3000)
+    scores = pd.Series(np.where(rng.random(3000) < 0.1, np.nan, rng.integers(150, 950, 3000)))
+    scores[grades == "5"] = np.nan  # a grade with no score gets no entry
+    expected = {g: knots_and_boundaries(scores[grades == g].to_numpy()) for g in ("3", "4")}
+    for column in (pd.Series(grades), pd.Series(grades).astype("category"), pd.Series(grades.astype(int))):
+        table = district_knots(scores.astype("Int64"), column)
+        assert sorted(table) == ["3", "4"]
+        for grade, (knots, boundaries) in expected.items():
+            assert np.array_equal(table[grade][0], knots) and np.array_equal(table[grade][1], boundaries)
 
 
 def test_config_is_validated() -> None:

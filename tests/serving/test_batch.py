@@ -91,6 +91,51 @@ def test_a_past_year_skips_the_aggregates_and_writes_what_the_whole_load_gives(
     pd.testing.assert_frame_equal(written, pd.read_parquet(tmp_path / "full.parquet"))
 
 
+def test_a_past_years_sgps_are_those_of_the_growth_measures(trained, tmp_path: Path) -> None:
+    """The SGPs `growth predict --year` fits beside the scoring are the ones `growth sgp` and the growth
+    report give (training.measures.student_sgps) for the same students."""
+    import serving.batch as batch
+    from training.data import Source, load_data
+    from training.measures import student_sgps
+
+    source = Source(config=trained.district / "district.toml")
+    data = load_data(source)
+    result = batch.score_year(source, 2025, tmp_path / "year.parquet", data=data)
+    scored = pd.read_parquet(result.out).set_index("student_id")
+    measured = student_sgps(data, 2025)
+    for subject in data.subjects:
+        own = measured[measured["subject"] == subject].set_index("student_id")["sgp"].dropna()
+        assert len(own) > 100
+        pd.testing.assert_series_equal(
+            scored.loc[own.index, f"{subject}_sgp"].astype("Int64"), own.astype("Int64"), check_names=False
+        )
+
+
+def test_a_failure_while_the_sgps_are_fitted_stops_their_workers_and_writes_nothing(
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.batch as batch
+    from training.data import Source
+
+    started = []
+
+    def spy(data, year):
+        started.append(real(data, year))
+        return started[-1]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring failed")
+
+    real = batch.start_year_sgps
+    monkeypatch.setattr(batch, "start_year_sgps", spy)
+    monkeypatch.setattr(batch, "score_frame", broken)
+    source = Source(config=trained.district / "district.toml")
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        batch.score_year(source, 2025, tmp_path / "year.parquet", needed_years_only=True)
+    assert len(started) == 1 and started[0].run._pool is None  # the workers were stopped
+    assert not list(tmp_path.iterdir())
+
+
 def test_batch_file_equals_the_http_logic_for_the_same_records(trained, forecast: Path) -> None:
     """The rows written by `growth predict` and Predictor.predict (what POST /predict runs) agree exactly."""
     from serving.batch import forecast_frame
