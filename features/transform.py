@@ -84,10 +84,33 @@ class Lookup:
             return np.full(n, -1, dtype=np.int64)
         if len(values) < SMALL_BATCH:
             return np.array(
-                [self.mapping.get(str(v), -1) if v is not None else -1 for v in values], dtype=np.int64
+                # missing (None or NaN) is no value, as in the large-batch routes below
+                [self.mapping.get(str(v), -1) if v is not None and v == v else -1 for v in values],
+                dtype=np.int64,
             )
+        codes, distinct = pd.factorize(np.asarray(values, dtype=object))  # missing: code -1
+        if all(type(v) is str for v in distinct):  # texts: hashing cannot merge two (as 1 == 1.0 == True)
+            return np.append([self.mapping.get(v, -1) for v in distinct], -1).astype(np.int64)[codes]
         text = pd.Index(pd.Series(values, dtype=object).astype(str).where(pd.notna(values), "\x00"))
         return self.index.get_indexer(text).astype(np.int64)
+
+    def pair_positions(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """``positions`` of the keys ``f"{first}\x1f{second}"`` (school and year), built once per distinct
+        pair instead of once per record; ``second`` is integers."""
+        codes, distinct = pd.factorize(np.asarray(first, dtype=object))
+        if not all(type(v) is str for v in distinct):
+            keys = (
+                pd.Series(first, dtype=object).astype(str) + "\x1f" + pd.Series(second).astype(str)
+            ).to_numpy(dtype=object)
+            return self.positions(keys, len(keys))
+        seconds, second_values = pd.factorize(np.asarray(second))
+        pair_codes, pairs = pd.factorize(np.where(codes >= 0, codes * len(second_values) + seconds, -1))
+        width = max(len(second_values), 1)
+        found = [
+            self.mapping.get(f"{distinct[p // width]}\x1f{second_values[p % width]}", -1) if p >= 0 else -1
+            for p in pairs
+        ]
+        return np.append(found, -1).astype(np.int64)[pair_codes]
 
 
 class GrowthTransform(BaseEstimator, TransformerMixin):
@@ -225,18 +248,16 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
             else np.where(pd.isna(years), self.default_year_, years).astype(np.int64)
         )
         source = np.minimum(np.maximum(target - 1, self.school_years_[0]), self.school_years_[-1])
-        keys = (
-            np.array([f"{s}\x1f{y}" for s, y in zip(schools, source, strict=True)], dtype=object)
-            if (n < SMALL_BATCH)
-            else (
-                pd.Series(schools, dtype=object).astype(str) + "\x1f" + pd.Series(source).astype(str)
-            ).to_numpy(dtype=object)
-        )
-        rows = self.school_lookup_.positions(keys, n)
+        if n < SMALL_BATCH or schools is None:
+            schools = np.full(n, None, dtype=object) if schools is None else schools
+            keys = np.array([f"{s}\x1f{y}" for s, y in zip(schools, source, strict=True)], dtype=object)
+            rows = self.school_lookup_.positions(keys, n)
+        else:
+            rows = self.school_lookup_.pair_positions(schools, source)
         unseen = rows < 0
         if unseen.any():
-            fallback = np.array([self.fallback_row_[int(y)] for y in source[unseen]])
-            rows[unseen] = fallback
+            years, which = np.unique(source[unseen], return_inverse=True)  # a district row per year
+            rows[unseen] = np.array([self.fallback_row_[int(y)] for y in years])[which]
         return rows, unseen
 
     def unseen_school(self, X: Any) -> np.ndarray:

@@ -39,6 +39,58 @@ def test_batch_and_single_records_give_identical_features(prepared) -> None:
     assert np.isfinite(batch).all()
 
 
+def test_a_large_batch_looks_up_texts_once_and_gives_the_numbers_of_single_records(prepared) -> None:
+    """Above the small-batch size, texts and school-year keys are looked up once per distinct value:
+    the same features and unseen flags as record by record, with unknown and missing values mixed in."""
+    inputs = prepared.inputs("test").head(600).reset_index(drop=True)
+    rows = records(inputs)
+    for i, row in enumerate(rows):
+        if i % 7 == 0:
+            row["school_id"] = f"new-{i % 3}"  # unseen schools
+        if i % 5 == 0:
+            row["gender"] = None
+        if i % 11 == 0:
+            row["parental_education"] = "a value never seen"
+        if i % 13 == 0:
+            row["school_year"] = None
+        if i % 17 == 0:
+            row["grade"] = "99"
+    columns = columns_of(rows, prepared.input_columns)
+    batch, unseen = prepared.transform.transform_with_unseen(columns)
+    singles = [
+        prepared.transform.transform_with_unseen(columns_of([r], prepared.input_columns)) for r in rows
+    ]
+    assert np.array_equal(batch, np.vstack([f for f, _ in singles]), equal_nan=True)
+    assert np.array_equal(unseen, np.concatenate([u for _, u in singles]))
+    assert unseen.sum() >= len(rows) // 7
+
+
+def test_text_lookups_agree_for_every_batch_size_and_kind_of_value() -> None:
+    """The per-distinct-value lookup of large batches equals the per-record one of small batches,
+    whatever the values (texts, numbers that compare equal across types, missing values)."""
+    from features.transform import SMALL_BATCH, Lookup
+
+    lookup = Lookup.of(["3", "4", "1", "1.0", "True", "nan", "x"])
+    values = ["3", "4", None, 1, 1.0, True, np.nan, "x", "y", np.str_("3"), 4, "1.0"]
+    small = np.array(values, dtype=object)
+    large = np.array(values * (SMALL_BATCH // len(values) + 1), dtype=object)
+    expected = lookup.positions(small, len(small))
+    assert np.array_equal(lookup.positions(large, len(large))[: len(small)], expected[: len(small)])
+    texts = np.array(["3", None, "x", "y", "4"] * SMALL_BATCH, dtype=object)
+    assert np.array_equal(
+        lookup.positions(texts, len(texts)), np.tile(lookup.positions(texts[:5], 5), SMALL_BATCH)
+    )
+    pairs = Lookup.of(["a\x1f2024", "b\x1f2025"])
+    schools = np.array(["a", "b", None, "a", "c"] * SMALL_BATCH, dtype=object)
+    years = np.array([2024, 2025, 2024, 2025, 2024] * SMALL_BATCH)
+    assert np.array_equal(pairs.pair_positions(schools, years)[:5], [0, 1, -1, -1, -1])
+    mixed = np.array([1, "a", 1.0] * SMALL_BATCH, dtype=object)  # not all texts: the per-key route
+    assert np.array_equal(
+        Lookup.of(["1\x1f2024", "1.0\x1f2024"]).pair_positions(mixed, np.full(len(mixed), 2024))[:3],
+        [0, -1, 1],
+    )
+
+
 def test_target_year_scores_never_reach_the_features(prepared) -> None:
     frame = prepared.part("test").head(500).copy()
     before = prepared.transform.transform(frame)
