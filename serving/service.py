@@ -31,7 +31,14 @@ from features.settings import get_settings
 from serving import server_fixes
 from serving.coalesce import Coalescer
 from serving.predictor import Predictor, champion_entries, no_champion_error
-from serving.schemas import ErrorResponse, ModelsResponse, build_models, inline_schema, max_records
+from serving.schemas import (
+    ErrorResponse,
+    ModelsResponse,
+    build_models,
+    inline_schema,
+    max_records,
+    validated_records,
+)
 
 server_fixes.install()
 log = logging.getLogger(__name__)
@@ -79,11 +86,7 @@ def validation_messages(exc: ValidationError) -> list[str]:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": inline_schema(PredictRequest)
-                }
-            },
+            "content": {"application/json": {"schema": inline_schema(PredictRequest)}},
         }
     },
     summary="Predicted growth, interval and need for support, per subject, for each student",
@@ -112,7 +115,7 @@ async def predict(request: Request) -> Response:
     except ValidationError as exc:
         messages = validation_messages(exc)
         return error(400, f"{len(messages)} problem(s) in the request", messages)
-    records = [student.model_dump(exclude={"student_name"}) for student in parsed.students]
+    records = validated_records(parsed.students)
     if len(records) > THREAD_ABOVE_RECORDS:
         predictor: Predictor = request.app.state.predictor
         result = await anyio.to_thread.run_sync(predictor.predict, records)

@@ -23,6 +23,7 @@ from typing import Any
 import bentoml
 
 from serving.predictor import Predictor
+from serving.schemas import validated_records
 from serving.server_fixes import freeze_loaded_objects
 from serving.service import REQUEST_TIMEOUT_S, StudentRecord, workers
 
@@ -39,5 +40,5 @@ class BatchedGrowth:
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def predict(self, students: list[StudentRecord]) -> list[dict[str, Any]]:  # type: ignore[valid-type]
         """Per-record predictions for the merged ``students`` of every queued request, in order."""
-        records = [student.model_dump(exclude={"student_name"}) for student in students]
+        records = validated_records(students)
         return self.predictor.predict(records)["predictions"]

@@ -227,6 +227,7 @@ def main() -> int:
     prepared_s = time.perf_counter() - started
     # as a `growth serve` worker does once its champions are loaded (serving/server_fixes.py): what is
     # alive now is never garbage, so collections during the timings walk only what requests create
+    from serving.schemas import validated_records
     from serving.server_fixes import freeze_loaded_objects
 
     del data, frame
@@ -238,7 +239,7 @@ def main() -> int:
     def handler(body: bytes) -> bytes:
         """POST /predict without HTTP: parse, validate, predict, serialise (serving/service.py)."""
         parsed = PredictRequest.model_validate(orjson.loads(body))
-        dumped = [s.model_dump(exclude={"student_name"}) for s in parsed.students]
+        dumped = validated_records(parsed.students)
         return orjson.dumps(predictor.predict(dumped), option=orjson.OPT_SERIALIZE_NUMPY)
 
     batch = min(args.batch, len(records))

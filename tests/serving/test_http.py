@@ -293,6 +293,20 @@ def test_student_names_never_logged(server: Server, records) -> None:
     assert SECRET_NAME not in log and "Quixote" not in log
 
 
+def test_names_are_never_returned_and_numeric_ids_come_back_as_text(server: Server, records) -> None:
+    """The predictor reads each validated record's own fields (serving.schemas.validated_records): a
+    student's name goes no further and a numeric id is echoed as the text the validator made of it,
+    for one record and for the most this server takes."""
+    for size in (1, 50):
+        students = [{**r, "student_id": 1000 + i, "student_name": SECRET_NAME} for i, r in enumerate(records)]
+        body = {"students": (students * (size // len(students) + 1))[:size]}
+        response = server.predict(body)
+        assert response.status_code == 200, response.text
+        assert SECRET_NAME not in response.text and "student_name" not in response.text
+        ids = [p["student_id"] for p in response.json()["predictions"]]
+        assert ids == [str(s["student_id"]) for s in body["students"]]
+
+
 @pytest.mark.slow  # ~1 min: a few hundred generated requests against the live server
 def test_schemathesis_finds_no_failure(server: Server) -> None:
     """A bounded schemathesis run with every check on the documented API."""
