@@ -85,7 +85,10 @@ class Lookup:
         if len(values) < SMALL_BATCH:
             return np.array(
                 # missing (None or NaN) is no value, as in the large-batch routes below
-                [self.mapping.get(str(v), -1) if v is not None and v == v else -1 for v in values],
+                [
+                    -1 if v is None or (isinstance(v, float) and v != v) else self.mapping.get(str(v), -1)
+                    for v in values
+                ],
                 dtype=np.int64,
             )
         codes, distinct = pd.factorize(np.asarray(values, dtype=object))  # missing: code -1

@@ -71,7 +71,7 @@ def test_text_lookups_agree_for_every_batch_size_and_kind_of_value() -> None:
     from features.transform import SMALL_BATCH, Lookup
 
     lookup = Lookup.of(["3", "4", "1", "1.0", "True", "nan", "x"])
-    values = ["3", "4", None, 1, 1.0, True, np.nan, "x", "y", np.str_("3"), 4, "1.0"]
+    values = ["3", "4", None, 1, 1.0, True, np.nan, "x", "y", np.str_("3"), 4, "1.0", pd.NA, np.int64(4)]
     small = np.array(values, dtype=object)
     large = np.array(values * (SMALL_BATCH // len(values) + 1), dtype=object)
     expected = lookup.positions(small, len(small))
