@@ -26,6 +26,10 @@ PARTS = ("train", "val", "cal", "test")
 VAL_FRAC = 0.15
 CAL_FRAC = 0.15
 TEST_FRAC = 0.15
+# Fewest school-years before the test year for the by-school-year cut (train gets 4, validation and
+# calibration one each); a district with fewer (two or three schools) is cut by student instead, and
+# the scheme's label says so.
+MIN_SCHOOL_YEARS = 6
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,15 @@ def _cut(groups: np.ndarray, fractions: dict[str, float], seed: int) -> dict[str
     """Assign whole groups to parts at random in the given proportions; returns sorted row positions."""
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     order = np.random.default_rng(seed).permutation(n_groups)
-    edges = np.cumsum([0.0, *fractions.values()]) * n_groups
+    edges = [int(round(e)) for e in np.cumsum([0.0, *fractions.values()]) * n_groups]
+    if n_groups >= len(fractions):  # rounding must not leave a part without a group
+        for i in range(1, len(edges) - 1):
+            edges[i] = max(edges[i], edges[i - 1] + 1)
+        for i in range(len(edges) - 2, 0, -1):
+            edges[i] = min(edges[i], edges[i + 1] - 1)
     part_of_group = np.empty(n_groups, dtype=np.int8)
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        part_of_group[order[int(round(lo)) : int(round(hi))]] = i
+        part_of_group[order[lo:hi]] = i
     part = part_of_group[groups]
     return {name: np.flatnonzero(part == i) for i, name in enumerate(fractions)}
 
@@ -91,6 +100,10 @@ def split_pairs(
         label = "holdout-schools" if holdout_schools else "by school-year"
         test_year = target_years[-1]
         past = np.flatnonzero(years < test_year)
+        school_years = len(np.unique(groups[past]))
+        if not holdout_schools and school_years < MIN_SCHOOL_YEARS:
+            groups = _groups(pairs, holdout_schools=False)  # by student
+            label = f"by student: only {school_years} school-years before the test year"
         rest = 1.0 - VAL_FRAC - CAL_FRAC
         parts = _cut(groups[past], {"train": rest, "val": VAL_FRAC, "cal": CAL_FRAC}, seed)
         test = np.flatnonzero(years == test_year)

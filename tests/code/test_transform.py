@@ -205,6 +205,33 @@ def test_future_split_tests_the_last_year_and_cuts_the_rest_by_school_year(prepa
     assert "leave-future-out" in split.describe()
 
 
+def test_a_district_with_few_school_years_is_cut_by_student_and_says_so(prepared) -> None:
+    """Two schools give two school-years before the test year: too few to make train, validation and
+    calibration of whole school-years, so the past is cut by student (each part non-empty, no student
+    in two parts) and the scheme says why; the test year stays the latest."""
+    frame = prepared.frame.copy()
+    frame["school_id"] = np.where(frame.index % 2 == 0, "A", "B")
+    split = split_pairs(frame, seed=5, scheme="future")
+    assert (
+        split.scheme
+        == "future (by student: only "
+        + str(2 * (frame["school_year"].nunique() - 1))
+        + " school-years before the test year)"
+    )
+    students = [set(frame["student_id"].iloc[getattr(split, p)]) for p in ("train", "val", "cal")]
+    assert all(students) and not (students[0] & students[1]) and not (students[1] & students[2])
+    assert set(frame["school_year"].iloc[split.test]) == {frame["school_year"].max()}
+
+
+def test_rounding_never_leaves_a_part_empty() -> None:
+    from features.split import _cut
+
+    parts = _cut(np.arange(3), {"train": 0.7, "val": 0.15, "cal": 0.15}, seed=0)
+    assert sorted(len(v) for v in parts.values()) == [1, 1, 1]
+    parts = _cut(np.arange(200) % 40, {"train": 0.7, "val": 0.15, "cal": 0.15}, seed=0)
+    assert [len(np.unique(np.arange(200)[v] % 40)) for v in parts.values()] == [28, 6, 6]
+
+
 def test_random_split_by_student(prepared) -> None:
     split = split_pairs(prepared.frame, seed=3, scheme="random")
     ids = prepared.frame["student_id"].astype(str)
