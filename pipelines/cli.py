@@ -473,6 +473,7 @@ def predict(
 
     A forecast (the default) reads only the two latest school years it uses; `growth validate` checks
     every year."""
+    from reports.formatting import year_label
     from serving.batch import score_year
     from serving.predictor import NoChampionError
 
@@ -486,7 +487,9 @@ def predict(
             raise fail(str(err)) from None
         except ValueError as err:
             raise fail(str(err)) from None
-    typer.echo(f"scored {result.scored:,} students of {result.year} -> {out}")
+    # the classic format's years are placeholders: say "the next year", not "2"
+    when = f"the {year_label(result.year, classic=True)}" if result.classic else str(result.year)
+    typer.echo(f"scored {result.scored:,} students of {when} -> {out}")
     for subject in result.without_support:
         typer.echo(
             f"no needs-support champion for {subject} (none passed its gate): "

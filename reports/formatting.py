@@ -67,9 +67,9 @@ def cut(x: float) -> str:
 
 def year_label(year: int, classic: bool = False) -> str:
     """A school year as people say it: 2023 -> "2022-23". The classic format's two years are the
-    prior year (0) and the current year (1)."""
+    prior year (0) and the current year (1); a forecast is for the next year (2)."""
     if classic:
-        return {0: "prior year", 1: "current year"}.get(int(year), f"year {int(year)}")
+        return {0: "prior year", 1: "current year", 2: "next year"}.get(int(year), f"year {int(year)}")
     return f"{int(year) - 1}-{int(year) % 100:02d}"
 
 

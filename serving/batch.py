@@ -48,6 +48,7 @@ class BatchResult:
     side_file: Path | None
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase, in order
     without_support: list[str] = field(default_factory=list)  # subjects with no needs-support champion
+    classic: bool = False  # the classic format: years are 0 (prior), 1 (current) and 2 (next)
 
 
 class PhaseClock:
@@ -293,7 +294,14 @@ def score_year(
             columns = [c for c in ("student_id", "current_grade", "grade", "school_id") if c in unscorable]
             write_atomic_frame(unscorable[columns].assign(reason=reasons[reasons != ""].to_numpy()), side)
     return BatchResult(
-        year, len(result), len(unscorable), out, side, clock.seconds, predictor.served.without_support
+        year,
+        len(result),
+        len(unscorable),
+        out,
+        side,
+        clock.seconds,
+        predictor.served.without_support,
+        classic=data.district.config.format == "classic",
     )
 
 

@@ -467,6 +467,7 @@ def test_formatting() -> None:
     assert formatting.number(39170) == "39,170"
     assert formatting.year_label(2024) == "2023-24"
     assert formatting.year_label(1, classic=True) == "current year"
+    assert formatting.year_label(2, classic=True) == "next year"  # growth predict's classic forecast
     assert formatting.listing(["a", "b", "c"]) == "a, b and c"
     assert formatting.listing([str(i) for i in range(20)], limit=2) == "0, 1 and 18 more"
     table = html.format_table(pd.DataFrame({"School Name": ["A"], "% Passing Math": [np.nan]}))
