@@ -430,7 +430,11 @@ def train(
     if failed:
         raise fail(
             "champion gate failed (registered without the alias; the previous champion stays):\n  "
-            + "\n  ".join(failed),
+            + "\n  ".join(failed)
+            + f"\nThe margins are --margin / GROWTH_MARGIN_PCT ({margin:g}% for growth) and "
+            f"GROWTH_SUPPORT_MARGIN_PCT ({get_settings().support_margin_pct:g}% for needs support). "
+            "Records that hold little beyond prior scores may not clear them: lowering one is a choice "
+            "to make and document, not a fix.",
             code=2,
         )
 

@@ -120,6 +120,7 @@ def test_cli_exits_2_when_the_gate_fails_and_keeps_the_champion(stores) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "champion gate failed" in result.output and "Traceback" not in result.output
+    assert "--margin / GROWTH_MARGIN_PCT (99% for growth)" in result.output  # how to change it
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == before
 
 
