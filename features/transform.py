@@ -98,22 +98,26 @@ class Lookup:
         return self.index.get_indexer(text).astype(np.int64)
 
     def pair_positions(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """``positions`` of the keys ``f"{first}\x1f{second}"`` (school and year), built once per distinct
-        pair instead of once per record; ``second`` is integers."""
-        codes, distinct = pd.factorize(np.asarray(first, dtype=object))
-        if not all(type(v) is str for v in distinct):
-            keys = (
-                pd.Series(first, dtype=object).astype(str) + "\x1f" + pd.Series(second).astype(str)
-            ).to_numpy(dtype=object)
-            return self.positions(keys, len(keys))
+        """``positions`` of the keys ``pair_key(first, second)`` (school and year); in a large batch of
+        texts each key is built once per distinct pair instead of once per record."""
+        n = len(second)
+        codes, distinct = pd.factorize(np.asarray(first, dtype=object)) if n >= SMALL_BATCH else (None, [])
+        if codes is None or not all(type(v) is str for v in distinct):
+            keys = np.array([pair_key(a, b) for a, b in zip(first, second, strict=True)], dtype=object)
+            return self.positions(keys, n)
         seconds, second_values = pd.factorize(np.asarray(second))
         pair_codes, pairs = pd.factorize(np.where(codes >= 0, codes * len(second_values) + seconds, -1))
         width = max(len(second_values), 1)
         found = [
-            self.mapping.get(f"{distinct[p // width]}\x1f{second_values[p % width]}", -1) if p >= 0 else -1
+            self.mapping.get(pair_key(distinct[p // width], second_values[p % width]), -1) if p >= 0 else -1
             for p in pairs
         ]
         return np.append(found, -1).astype(np.int64)[pair_codes]
+
+
+def pair_key(school: object, year: object) -> str:
+    """The school-year key of the school table's lookup."""
+    return f"{school}\x1f{year}"
 
 
 class GrowthTransform(BaseEstimator, TransformerMixin):
@@ -216,7 +220,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
         for year, rows in table.groupby(level="school_year", sort=True):
             block = self._school_block(rows, numeric)
             blocks.append(block)
-            keys += [f"{school}\x1f{year}" for school in rows.index.get_level_values("school_id")]
+            keys += [pair_key(school, year) for school in rows.index.get_level_values("school_id")]
             fallback.append(np.average(block, axis=0, weights=rows["total_students"].to_numpy(dtype=float)))
             years.append(int(year))
         self.school_years_ = years
@@ -251,12 +255,7 @@ class GrowthTransform(BaseEstimator, TransformerMixin):
             else np.where(pd.isna(years), self.default_year_, years).astype(np.int64)
         )
         source = np.minimum(np.maximum(target - 1, self.school_years_[0]), self.school_years_[-1])
-        if n < SMALL_BATCH or schools is None:
-            schools = np.full(n, None, dtype=object) if schools is None else schools
-            keys = np.array([f"{s}\x1f{y}" for s, y in zip(schools, source, strict=True)], dtype=object)
-            rows = self.school_lookup_.positions(keys, n)
-        else:
-            rows = self.school_lookup_.pair_positions(schools, source)
+        rows = self.school_lookup_.pair_positions(np.full(n, None) if schools is None else schools, source)
         unseen = rows < 0
         if unseen.any():
             years, which = np.unique(source[unseen], return_inverse=True)  # a district row per year
